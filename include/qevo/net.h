@@ -1,0 +1,130 @@
+/* net: the layer graph of a model file, planned for execution, and forward passes.
+ *
+ * At load time batch-norm layers are folded into the convolution before them and
+ * ReLU/sigmoid layers are fused into the producer before them (when it has no other
+ * consumer), so the executed graph is a list of nodes, each one kernel call. Every
+ * weight of every conv2d / convtranspose2d / linear node lives in one contiguous buffer
+ * (net_weights); a quantization state is an array of codes over the same index space. */
+#ifndef QEVO_NET_H
+#define QEVO_NET_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "qevo/ops.h"
+#include "qevo/util.h"
+
+typedef enum {
+    NET_CONV2D,
+    NET_CONVT2D,
+    NET_LINEAR,
+    NET_BATCHNORM, /* only in files: folded away at load time */
+    NET_RELU,
+    NET_SIGMOID,
+    NET_MAXPOOL,
+    NET_AVGPOOL,
+    NET_GLOBAL_AVGPOOL,
+    NET_FLATTEN,
+    NET_ADD,
+    NET_SUBSAMPLE,
+    NET_PAD_CHANNELS,
+    NET_OP_COUNT
+} net_op;
+
+/* The op's name in the model file ("conv2d", ...). */
+const char *net_op_name(net_op op);
+
+typedef enum { NET_CLASSIFY, NET_RECONSTRUCT } net_task;
+
+#define NET_INPUT (-1) /* input index meaning "the image" */
+
+/* One executed node. Read-only for users of the net. */
+typedef struct {
+    char *name;      /* the file's layer name */
+    char *bn_name;   /* folded batch-norm layer, or NULL */
+    char *act_name;  /* fused activation layer, or NULL */
+    net_op op;
+    op_act act;      /* fused activation */
+    int ninputs;
+    int inputs[2];   /* node indices, or NET_INPUT */
+    op_dims in;      /* shape of the (first) input for one image (n = 1) */
+    op_dims out;     /* shape of the output for one image (n = 1) */
+    union {
+        op_conv conv; /* conv2d, convtranspose2d; linear uses cin/cout */
+        op_pool pool;
+        struct {
+            int sh, sw;
+        } subsample;
+        struct {
+            int before, after;
+        } pad;
+    } p;
+    /* Weights (conv2d, convtranspose2d, linear): net_weights() + woff, wcount floats,
+     * PyTorch layout with dims wshape[0..wndim). */
+    size_t woff, wcount;
+    int wndim, wshape[4];
+    bool has_bias;
+    size_t boff; /* net_biases() + boff, out.c floats */
+    double flops; /* per image, multiply-add counted as 2 */
+} net_node;
+
+typedef struct net net;
+
+/* Loads a model file (float or quantized, see docs/FORMAT.md) and checks the graph:
+ * unknown ops, missing or misshapen tensors and inconsistent shapes are errors naming
+ * the file and the layer. Returns 0 and a new net, or -1. */
+int net_load(const char *path, net **out, qv_err *err);
+void net_free(net *n);
+
+const char *net_path(const net *n);
+int net_node_count(const net *n);
+const net_node *net_node_at(const net *n, int i);
+/* Node index of the node holding layer `name` (also a folded or fused one), or -1. */
+int net_find(const net *n, const char *name);
+
+net_task net_get_task(const net *n);
+op_dims net_input_dims(const net *n);  /* one image: c, n = 1, h, w */
+op_dims net_output_dims(const net *n); /* one image */
+const float *net_mean(const net *n);   /* (C) */
+const float *net_std(const net *n);    /* (C) */
+const char *net_description(const net *n); /* "" if none */
+
+/* The flat weight buffer (all weighted nodes, in node order) and the biases. The
+ * weights may be overwritten (quantization does); forward passes read them. */
+float *net_weights(net *n);
+const float *net_weights_const(const net *n);
+size_t net_weight_count(const net *n);
+const float *net_biases(const net *n);
+size_t net_bias_count(const net *n);
+double net_flops(const net *n); /* per image */
+
+/* The graph after folding, as a qevo.graph JSON string (malloc'd): weighted layers
+ * reference tensors "<node>.weight" and "<node>.bias"; fused activations are written
+ * back as their own layers. Used to write quantized models. */
+char *net_folded_graph_json(const net *n);
+
+/* Activation storage for batches of up to max_batch images: one buffer per node (the
+ * incremental evaluation of the optimizer keeps a parent's activations and recomputes
+ * from the first changed node) plus the kernels' workspace. */
+typedef struct net_acts net_acts;
+net_acts *net_acts_create(const net *n, int max_batch);
+void net_acts_free(net_acts *a);
+int net_acts_batch(const net_acts *a);
+size_t net_acts_bytes(const net_acts *a);
+
+/* Full forward pass of n images, x (n, C, H, W) normalised, into a. */
+void net_forward(const net *nt, net_acts *a, const float *x, int n);
+
+/* Recomputes nodes first.. onwards into `out`, reading the outputs of nodes before
+ * `first` (and the input images) from `cached`, which holds a forward pass of the same
+ * n images (possibly with other weights in nodes >= first). out may equal cached.
+ * The result equals a full forward pass with the current weights, bit for bit. */
+void net_forward_from(const net *nt, int first, const net_acts *cached, net_acts *out, int n);
+
+/* The output of the last forward pass in a (for n images) as (n, C*H*W), row-major. */
+void net_output(const net *nt, const net_acts *a, int n, float *y);
+/* Direct access to the output node's buffer in CNHW layout: (C*H*W, n) for a flat
+ * output. */
+const float *net_output_cnhw(const net *nt, const net_acts *a);
+
+#endif

@@ -1,0 +1,265 @@
+#include "qevo/quant.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "qevo/safetensors.h"
+
+struct quant {
+    quant_settings settings;
+    int count;
+    quant_layer *layers;
+    size_t size;
+    float *reference;
+    float *scale_of;
+    int8_t *qmax_of;
+};
+
+const char *quant_granularity_name(quant_granularity g)
+{
+    return g == QUANT_PER_CHANNEL ? "per_channel" : "per_tensor";
+}
+
+int quant_settings_check(const quant_settings *s, qv_err *err)
+{
+    if (s->bits < 2 || s->bits > 8)
+        return qv_fail(err, "quantizer bits must be in [2, 8], found %d", s->bits);
+    if (s->first_bits && (s->first_bits < 2 || s->first_bits > 8))
+        return qv_fail(err, "first-layer bits must be in [2, 8] (or 0 = same), found %d",
+                       s->first_bits);
+    if (s->last_bits && (s->last_bits < 2 || s->last_bits > 8))
+        return qv_fail(err, "last-layer bits must be in [2, 8] (or 0 = same), found %d",
+                       s->last_bits);
+    return 0;
+}
+
+static bool is_weighted(net_op op)
+{
+    return op == NET_CONV2D || op == NET_CONVT2D || op == NET_LINEAR;
+}
+
+/* Channel c of a node's weight covers `outer` runs of `inner` floats, `stride` apart:
+ * (C_out, rest) for conv2d/linear, (C_in, C_out, kh*kw) for convtranspose2d. */
+typedef struct {
+    size_t outer, inner, stride;
+} channel_layout;
+
+static channel_layout layout_of(const net_node *nd, int channels)
+{
+    channel_layout l;
+    if (channels == 1) {
+        l.outer = 1, l.inner = nd->wcount, l.stride = 0;
+    } else if (nd->op == NET_CONVT2D) {
+        l.outer = (size_t)nd->wshape[0];
+        l.inner = (size_t)nd->wshape[2] * nd->wshape[3];
+        l.stride = (size_t)channels * l.inner;
+    } else {
+        l.outer = 1, l.inner = nd->wcount / (size_t)channels, l.stride = 0;
+    }
+    return l;
+}
+
+/* First index of channel c's run o. */
+static size_t run_start(const net_node *nd, channel_layout l, int c, size_t o)
+{
+    if (nd->op == NET_CONVT2D && l.stride)
+        return o * l.stride + (size_t)c * l.inner;
+    return (size_t)c * l.inner;
+}
+
+int8_t quant_nearest_code(float w, float scale, int qmax)
+{
+    float r = rintf(w / scale);
+    if (r > (float)qmax)
+        r = (float)qmax;
+    if (r < (float)-qmax)
+        r = (float)-qmax;
+    return (int8_t)r;
+}
+
+static void init_layer(quant *q, const net *nt, quant_layer *ql, const net_node *nd)
+{
+    ql->woff = nd->woff;
+    ql->wcount = nd->wcount;
+    ql->qmax = (1 << (ql->bits - 1)) - 1;
+    ql->channels = q->settings.granularity == QUANT_PER_CHANNEL ? nd->out.c : 1;
+    ql->scales = qv_malloc(sizeof(float) * (size_t)ql->channels);
+    const float *w = net_weights_const(nt) + nd->woff;
+    channel_layout l = layout_of(nd, ql->channels);
+    for (int c = 0; c < ql->channels; c++) {
+        float m = 0.0f;
+        for (size_t o = 0; o < l.outer; o++) {
+            const float *run = w + run_start(nd, l, c, o);
+            for (size_t i = 0; i < l.inner; i++)
+                m = fabsf(run[i]) > m ? fabsf(run[i]) : m;
+        }
+        /* An all-zero channel keeps scale 1, so its codes are 0 and nothing divides by 0. */
+        float s = m > 0.0f ? m / (float)ql->qmax : 1.0f;
+        ql->scales[c] = s;
+        for (size_t o = 0; o < l.outer; o++) {
+            size_t start = nd->woff + run_start(nd, l, c, o);
+            for (size_t i = 0; i < l.inner; i++) {
+                q->scale_of[start + i] = s;
+                q->qmax_of[start + i] = (int8_t)ql->qmax;
+            }
+        }
+    }
+}
+
+quant *quant_create(const net *nt, const quant_settings *s)
+{
+    quant *q = qv_calloc(1, sizeof *q);
+    q->settings = *s;
+    q->size = net_weight_count(nt);
+    q->reference = qv_malloc_aligned(sizeof(float) * (q->size ? q->size : 1));
+    memcpy(q->reference, net_weights_const(nt), sizeof(float) * q->size);
+    q->scale_of = qv_malloc_aligned(sizeof(float) * (q->size ? q->size : 1));
+    q->qmax_of = qv_malloc(q->size ? q->size : 1);
+    q->layers = qv_calloc((size_t)net_node_count(nt), sizeof(quant_layer));
+    for (int i = 0; i < net_node_count(nt); i++)
+        if (is_weighted(net_node_at(nt, i)->op))
+            q->layers[q->count++].node = i;
+    for (int k = 0; k < q->count; k++) {
+        quant_layer *ql = &q->layers[k];
+        ql->bits = s->bits;
+        if (k == 0 && s->first_bits)
+            ql->bits = s->first_bits;
+        if (k == q->count - 1 && s->last_bits)
+            ql->bits = s->last_bits;
+        init_layer(q, nt, ql, net_node_at(nt, ql->node));
+    }
+    return q;
+}
+
+void quant_free(quant *q)
+{
+    if (!q)
+        return;
+    for (int k = 0; k < q->count; k++)
+        free(q->layers[k].scales);
+    free(q->layers);
+    qv_free_aligned(q->reference);
+    qv_free_aligned(q->scale_of);
+    free(q->qmax_of);
+    free(q);
+}
+
+const quant_settings *quant_get_settings(const quant *q) { return &q->settings; }
+size_t quant_size(const quant *q) { return q->size; }
+int quant_layer_count(const quant *q) { return q->count; }
+const float *quant_reference(const quant *q) { return q->reference; }
+const float *quant_scale_of(const quant *q) { return q->scale_of; }
+const int8_t *quant_qmax_of(const quant *q) { return q->qmax_of; }
+
+const quant_layer *quant_layer_at(const quant *q, int i)
+{
+    QV_ASSERT(i >= 0 && i < q->count);
+    return &q->layers[i];
+}
+
+int quant_layer_of(const quant *q, size_t idx)
+{
+    QV_ASSERT(idx < q->size);
+    int lo = 0, hi = q->count - 1;
+    while (lo < hi) {
+        int mid = (lo + hi + 1) / 2;
+        if (q->layers[mid].woff <= idx)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    return lo;
+}
+
+void quant_nearest(const quant *q, int8_t *codes)
+{
+    for (size_t i = 0; i < q->size; i++)
+        codes[i] = quant_nearest_code(q->reference[i], q->scale_of[i], q->qmax_of[i]);
+}
+
+void quant_apply(const quant *q, net *nt, const int8_t *codes)
+{
+    float *w = net_weights(nt);
+    for (size_t i = 0; i < q->size; i++)
+        w[i] = (float)codes[i] * q->scale_of[i];
+}
+
+void quant_apply_at(const quant *q, net *nt, const int8_t *codes, const uint32_t *idx,
+                    size_t count)
+{
+    float *w = net_weights(nt);
+    for (size_t k = 0; k < count; k++) {
+        QV_ASSERT(idx[k] < q->size);
+        w[idx[k]] = (float)codes[idx[k]] * q->scale_of[idx[k]];
+    }
+}
+
+static char *quant_meta_json(const quant *q, const net *nt)
+{
+    json_t *layers = json_object();
+    for (int k = 0; k < q->count; k++) {
+        const char *name = net_node_at(nt, q->layers[k].node)->name;
+        char codes[1024], scales[1024];
+        snprintf(codes, sizeof codes, "%s.codes", name);
+        snprintf(scales, sizeof scales, "%s.scales", name);
+        json_object_set_new(layers, name, json_pack("{siss ss}", "bits", q->layers[k].bits,
+                                                    "codes", codes, "scales", scales));
+    }
+    json_t *j = json_pack("{sisssisisiso}", "version", 1, "granularity",
+                          quant_granularity_name(q->settings.granularity), "bits",
+                          q->settings.bits, "first_bits", q->settings.first_bits,
+                          "last_bits", q->settings.last_bits, "layers", layers);
+    char *s = json_dumps(j, JSON_COMPACT);
+    json_decref(j);
+    QV_ASSERT(s);
+    return s;
+}
+
+int quant_save(const quant *q, const net *nt, const int8_t *codes, const char *path,
+               const char *description, qv_err *err)
+{
+    st_writer *w = st_writer_create();
+    float *deq = qv_malloc_aligned(sizeof(float) * (q->size ? q->size : 1));
+    for (size_t i = 0; i < q->size; i++)
+        deq[i] = (float)codes[i] * q->scale_of[i];
+    char name[1024];
+    /* Float tensors first, int8 codes last, so every float tensor stays 4-byte aligned
+     * in the file. */
+    for (int k = 0; k < q->count; k++) {
+        const net_node *nd = net_node_at(nt, q->layers[k].node);
+        int64_t shape[4];
+        for (int d = 0; d < nd->wndim; d++)
+            shape[d] = nd->wshape[d];
+        snprintf(name, sizeof name, "%s.weight", nd->name);
+        st_writer_add(w, name, ST_F32, nd->wndim, shape, deq + nd->woff);
+        if (nd->has_bias) {
+            int64_t bshape[1] = {nd->out.c};
+            snprintf(name, sizeof name, "%s.bias", nd->name);
+            st_writer_add(w, name, ST_F32, 1, bshape, net_biases(nt) + nd->boff);
+        }
+        int64_t sshape[1] = {q->layers[k].channels};
+        snprintf(name, sizeof name, "%s.scales", nd->name);
+        st_writer_add(w, name, ST_F32, 1, sshape, q->layers[k].scales);
+    }
+    for (int k = 0; k < q->count; k++) {
+        const net_node *nd = net_node_at(nt, q->layers[k].node);
+        int64_t shape[4];
+        for (int d = 0; d < nd->wndim; d++)
+            shape[d] = nd->wshape[d];
+        snprintf(name, sizeof name, "%s.codes", nd->name);
+        st_writer_add(w, name, ST_I8, nd->wndim, shape, codes + nd->woff);
+    }
+    char *graph = net_folded_graph_json(nt);
+    char *meta = quant_meta_json(q, nt);
+    st_writer_meta(w, "qevo.graph", graph);
+    st_writer_meta(w, "qevo.quant", meta);
+    st_writer_meta(w, "qevo.description", description ? description : "");
+    int rc = st_writer_save(w, path, err);
+    free(graph);
+    free(meta);
+    qv_free_aligned(deq);
+    st_writer_free(w);
+    return rc;
+}
