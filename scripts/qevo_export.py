@@ -1320,6 +1320,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     try:
         inspect(args.inspect)
+    except BrokenPipeError:  # e.g. piped into head
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     except (OSError, FormatError) as e:
         print(f"qevo_export: {e}", file=sys.stderr)
         return 1

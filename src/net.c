@@ -822,7 +822,7 @@ char *net_folded_graph_json(const net *nt)
                                                     nd->act == ACT_RELU ? "relu" : "sigmoid",
                                                     "inputs", nd->name));
     }
-    json_t *g = json_pack("{sisss{s[iii]soso}sos}", "version", 1, "task",
+    json_t *g = json_pack("{sisss{s[iii]soso}soss}", "version", 1, "task",
                           nt->task == NET_CLASSIFY ? "classify" : "reconstruct", "input",
                           "shape", nt->input.c, nt->input.h, nt->input.w, "mean", mean, "std",
                           std, "layers", layers, "output",

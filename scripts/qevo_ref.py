@@ -1,0 +1,404 @@
+#!/usr/bin/python3
+"""Reference batch-norm folding and weight quantizer for qevo, independent of the C code.
+
+Everything is computed with numpy float32 arithmetic, one IEEE float32 operation at a
+time in the order docs/FORMAT.md gives, so results are bit-exact references for qevo:
+
+    fold_graph(graph, tensors)           -> (folded layers, tensors)
+    quantize(weight, bits, per_channel, axis) -> (codes int8, scales float32)
+    quantize_model(path, bits, per_channel, first_bits, last_bits)
+                                         -> {layer: (codes, scales, dequantized)}
+    quantized_model(path, ...)           -> (graph, tensors, quant) as qevo writes them
+    write_quantized(src, dst, ...)       writes that quantized model file
+    build_quantized_module(path, ...)    -> torch module with the dequantized weights
+    check_quantized_file(path, float_path=None) -> list of problems (empty when exact)
+
+Command line:
+    qevo_ref.py quantize SRC DST --bits 4 [--per-tensor] [--first-bits 8] [--last-bits 8]
+    qevo_ref.py check QUANTIZED [--float SRC]
+"""
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import qevo_export as qx  # noqa: E402
+
+QUANTIZED_OPS = ("conv2d", "convtranspose2d", "linear")
+FOLDABLE_OPS = ("conv2d", "convtranspose2d")
+
+
+class FoldError(ValueError):
+    """A batchnorm that cannot be folded into the conv before it."""
+
+
+def out_axis(op):
+    """The output-channel axis of a weight: 1 for convtranspose2d, else 0."""
+    return 1 if op == "convtranspose2d" else 0
+
+
+def _channel_shape(ndim, axis):
+    shape = [1] * ndim
+    shape[axis] = -1
+    return shape
+
+
+# ----------------------------------------------------------------- folding
+
+def _use_counts(layers, output):
+    count = {}
+    for layer in layers:
+        for src in layer["inputs"]:
+            count[src] = count.get(src, 0) + 1
+    count[output] = count.get(output, 0) + 1
+    return count
+
+
+def fold_batchnorm(conv_op, weight, bias, gamma, beta, mean, var, eps):
+    """Folds one batchnorm into its conv's weight and bias (FORMAT.md, float32).
+
+    k = gamma / sqrt(var + float32(eps)); W' = W * k (output channel axis);
+    b' = beta + (b - mean) * k with b = 0 when the conv has no bias.
+    """
+    f32 = np.float32
+    k = gamma.astype(f32) / np.sqrt(var.astype(f32) + f32(eps))
+    w = weight.astype(f32) * k.reshape(_channel_shape(weight.ndim, out_axis(conv_op)))
+    b = np.zeros_like(k) if bias is None else bias.astype(f32)
+    return w, beta.astype(f32) + (b - mean.astype(f32)) * k
+
+
+def _fold_one(bn, conv, tensors, layers):
+    """Folds batchnorm layer bn into conv; returns the new weight and bias names."""
+    w = qx.layer_tensor(conv, "weight", tensors, ndim=4)
+    channels = w.shape[out_axis(conv["op"])]
+    parts = [qx.layer_tensor(bn, key, tensors, ndim=1) for key in ("weight", "bias", "mean",
+                                                                     "var")]
+    if any(p.shape != (channels,) for p in parts):
+        raise FoldError(f"batchnorm '{bn['name']}' has {[list(p.shape) for p in parts]} "
+                        f"channels but conv '{conv['name']}' has {channels} outputs")
+    bias = qx.layer_tensor(conv, "bias", tensors)
+    if bias is not None and bias.shape != (channels,):
+        raise FoldError(f"conv '{conv['name']}': bias shape {list(bias.shape)}, expected "
+                        f"[{channels}]")
+    new_w, new_b = fold_batchnorm(conv["op"], w, bias, *parts, bn["eps"])
+    names = (f"{conv['name']}.weight", f"{conv['name']}.bias")
+    for name in names:
+        shared = [l["name"] for l in layers if l is not conv and name in (
+            l.get("weight"), l.get("bias"), l.get("mean"), l.get("var"))]
+        if shared:
+            raise FoldError(f"cannot fold '{bn['name']}': tensor name '{name}' is also "
+                            f"used by layer '{shared[0]}'")
+    tensors[names[0]], tensors[names[1]] = new_w, new_b
+    return names
+
+
+def _fold(graph, tensors):
+    """fold_graph's work; also returns the (possibly redirected) output name."""
+    graph = qx.parse_graph({"qevo.graph": json.dumps(graph)})  # validates, explicit inputs
+    layers = graph["layers"]
+    tensors = dict(tensors)
+    uses, by_name, renamed = _use_counts(layers, graph["output"]), {}, {}
+    for layer in layers:
+        by_name[layer["name"]] = layer
+        if layer["op"] != "batchnorm":
+            continue
+        src = by_name.get(layer["inputs"][0])
+        if src is None or src["op"] not in FOLDABLE_OPS:
+            raise FoldError(f"batchnorm '{layer['name']}' does not follow a conv2d or "
+                            f"convtranspose2d (its input is '{layer['inputs'][0]}')")
+        if uses[src["name"]] != 1:
+            raise FoldError(f"batchnorm '{layer['name']}': conv '{src['name']}' is also used "
+                            f"elsewhere, so the batchnorm cannot be folded into it")
+        src["weight"], src["bias"] = _fold_one(layer, src, tensors, layers)
+        renamed[layer["name"]] = src["name"]
+    folded = [l for l in layers if l["op"] != "batchnorm"]
+    for layer in folded:
+        layer["inputs"] = [renamed.get(s, s) for s in layer["inputs"]]
+    return folded, tensors, renamed.get(graph["output"], graph["output"])
+
+
+def fold_graph(graph, tensors):
+    """Folds every batchnorm into the conv2d / convtranspose2d before it.
+
+    graph: a graph dict (raw or from qevo_export.parse_graph); tensors: the file's
+    numpy arrays. Returns (layers, tensors): the layers with explicit 'inputs',
+    batchnorm layers removed and references to them redirected to their conv (which
+    keeps its name and position; its weight and bias become the new float32 tensors
+    '<conv>.weight' and '<conv>.bias'), and a new tensors dict (the argument is not
+    modified). Raises FoldError for a batchnorm that does not directly follow a conv
+    used by nothing else.
+    """
+    layers, tensors, _ = _fold(graph, tensors)
+    return layers, tensors
+
+
+def fold_model(graph, tensors):
+    """Like fold_graph but returns (graph dict, tensors), 'output' redirected."""
+    layers, tensors, output = _fold(graph, tensors)
+    return dict(graph, layers=layers, output=output), tensors
+
+
+# ----------------------------------------------------------------- quantizer
+
+def quantize(weight, bits, per_channel, axis=0):
+    """Symmetric uniform quantization of a float32 weight (FORMAT.md).
+
+    qmax = 2^(bits-1) - 1; scale = max|W| / qmax per output channel (axis) or per
+    tensor, 1 where that is 0; code = clip(rint(W / scale), -qmax, qmax).
+    Returns (codes int8 shaped like weight, scales float32 of shape (C,) or (1,)).
+    """
+    w = np.asarray(weight, dtype=np.float32)
+    if not (isinstance(bits, (int, np.integer)) and 2 <= bits <= 8):
+        raise ValueError(f"bits must be an int in [2, 8], got {bits!r}")
+    if not np.all(np.isfinite(w)):
+        raise ValueError("weight has non-finite values")
+    qmax = np.float32(2 ** (int(bits) - 1) - 1)
+    a = np.abs(w)
+    if per_channel:
+        a = np.moveaxis(a, axis, 0).reshape(w.shape[axis], -1)
+        m = a.max(axis=1, initial=np.float32(0))
+    else:
+        m = np.array([a.max(initial=np.float32(0))], dtype=np.float32)
+    scales = (m / qmax).astype(np.float32)
+    scales[scales == 0] = np.float32(1)  # max|W| = 0 (or so small that max/qmax underflows)
+    s = scales.reshape(_channel_shape(w.ndim, axis)) if per_channel else scales[0]
+    codes = np.clip(np.rint(w / s), -qmax, qmax).astype(np.int8)
+    return codes, scales
+
+
+def dequantize(codes, scales, axis=0):
+    """code * scale in float32, scales broadcast along the output-channel axis."""
+    c = codes.astype(np.float32)
+    if scales.shape == (1,):
+        return c * scales[0]
+    return c * scales.reshape(_channel_shape(codes.ndim, axis))
+
+
+def _layer_bits(qlayers, bits, first_bits, last_bits, layer_bits):
+    """Bits per quantized layer: bits; first/last layer overrides; then layer_bits."""
+    out = {l["name"]: bits for l in qlayers}
+    if qlayers and first_bits is not None:
+        out[qlayers[0]["name"]] = first_bits
+    if qlayers and last_bits is not None:
+        out[qlayers[-1]["name"]] = last_bits
+    for name, b in (layer_bits or {}).items():
+        if name not in out:
+            raise ValueError(f"layer_bits names '{name}', which is not a quantized layer")
+        out[name] = b
+    return out
+
+
+def _read(path):
+    tensors, metadata = qx.read_safetensors(path)
+    return qx.parse_graph(metadata), tensors, metadata
+
+
+def _quantize_folded(graph, tensors, bits, per_channel, first_bits, last_bits, layer_bits):
+    qlayers = [l for l in graph["layers"] if l["op"] in QUANTIZED_OPS]
+    nbits = _layer_bits(qlayers, bits, first_bits, last_bits, layer_bits)
+    result = {}
+    for layer in qlayers:
+        w = qx.layer_tensor(layer, "weight", tensors)
+        axis = out_axis(layer["op"])
+        codes, scales = quantize(w, nbits[layer["name"]], per_channel, axis)
+        result[layer["name"]] = (codes, scales, dequantize(codes, scales, axis))
+    return result, nbits
+
+
+def quantize_model(path, bits, per_channel, first_bits=None, last_bits=None,
+                   layer_bits=None):
+    """Folds and quantizes a model file.
+
+    Returns {layer name: (codes int8, scales float32, dequantized weight float32)} for
+    every conv2d / convtranspose2d / linear layer, in graph order. first_bits and
+    last_bits override bits for the first and last of those layers (last wins when they
+    are the same layer); layer_bits {name: bits} overrides any layer.
+    """
+    graph, tensors, _ = _read(path)
+    graph, tensors = fold_model(graph, tensors)
+    return _quantize_folded(graph, tensors, bits, per_channel, first_bits, last_bits,
+                            layer_bits)[0]
+
+
+def quantized_model(path, bits, per_channel, first_bits=None, last_bits=None,
+                    layer_bits=None):
+    """The quantized model as FORMAT.md says qevo writes it: (graph, tensors, quant).
+
+    graph is the folded graph (explicit inputs); for each quantized layer L the tensors
+    are L.weight (dequantized), L.bias (folded bias, if any), L.codes and L.scales.
+    """
+    graph, tensors, _ = _read(path)
+    graph, tensors = fold_model(graph, tensors)
+    result, nbits = _quantize_folded(graph, tensors, bits, per_channel, first_bits,
+                                     last_bits, layer_bits)
+    out_tensors, layers, qlayers = {}, [], {}
+    for layer in graph["layers"]:
+        layer = dict(layer)
+        name = layer["name"]
+        if name in result:
+            codes, scales, deq = result[name]
+            bias = qx.layer_tensor(layer, "bias", tensors)
+            layer["weight"], layer["bias"] = f"{name}.weight", None
+            out_tensors[f"{name}.weight"] = deq
+            if bias is not None:
+                layer["bias"] = f"{name}.bias"
+                out_tensors[f"{name}.bias"] = bias
+            out_tensors[f"{name}.codes"], out_tensors[f"{name}.scales"] = codes, scales
+            qlayers[name] = {"bits": int(nbits[name]), "codes": f"{name}.codes",
+                             "scales": f"{name}.scales"}
+        layers.append(layer)
+    quant = {"version": 1, "granularity": "per_channel" if per_channel else "per_tensor",
+             "bits": int(bits), "layers": qlayers}
+    return dict(graph, layers=layers), out_tensors, quant
+
+
+def write_quantized(src, dst, bits, per_channel, first_bits=None, last_bits=None,
+                    layer_bits=None, description=None):
+    """Writes the quantized model of src to dst in qevo's quantized-file layout."""
+    graph, tensors, quant = quantized_model(src, bits, per_channel, first_bits, last_bits,
+                                            layer_bits)
+    _, metadata = qx.read_safetensors(src)
+    if description is None:
+        description = (f"{metadata.get('qevo.description') or src}; quantized by qevo_ref.py "
+                       f"({quant['granularity']}, {bits} bits)")
+    qx.write_safetensors(dst, tensors, {
+        "qevo.graph": json.dumps(qx.compact_graph(graph)),
+        "qevo.quant": json.dumps(quant),
+        "qevo.description": description})
+
+
+def build_folded_module(path):
+    """A torch module of the folded float model (no quantization)."""
+    graph, tensors, metadata = _read(path)
+    graph, tensors = fold_model(graph, tensors)
+    return qx.build_module(graph, tensors, metadata)
+
+
+def build_quantized_module(path, bits, per_channel, first_bits=None, last_bits=None,
+                           layer_bits=None):
+    """A torch module running the folded model with dequantized weights (for accuracy)."""
+    graph, tensors, quant = quantized_model(path, bits, per_channel, first_bits, last_bits,
+                                            layer_bits)
+    _, metadata = qx.read_safetensors(path)
+    metadata = dict(metadata, **{"qevo.quant": json.dumps(quant)})
+    return qx.build_module(graph, tensors, metadata)
+
+
+# ----------------------------------------------------------------- checking qevo's files
+
+def _same(a, b):
+    """Bitwise equality of two arrays (so -0.0 != 0.0 and NaN == NaN)."""
+    return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
+
+
+def _check_quant_layer(layer, entry, tensors, granularity):
+    """Problems with one quantized layer of a quantized file."""
+    name, problems = layer["name"], []
+    w = qx.layer_tensor(layer, "weight", tensors)
+    codes, scales = tensors.get(entry.get("codes")), tensors.get(entry.get("scales"))
+    bits = entry.get("bits")
+    if codes is None or scales is None or not isinstance(bits, int) or not 2 <= bits <= 8:
+        return [f"{name}: qevo.quant entry {entry} is incomplete or names missing tensors"]
+    axis = out_axis(layer["op"])
+    channels = w.shape[axis] if granularity == "per_channel" else 1
+    qmax = 2 ** (bits - 1) - 1
+    if codes.dtype != np.int8 or codes.shape != w.shape:
+        problems.append(f"{name}: codes {codes.dtype}{list(codes.shape)}, expected "
+                        f"int8{list(w.shape)}")
+    elif np.abs(codes.astype(np.int32)).max(initial=0) > qmax:
+        problems.append(f"{name}: codes exceed qmax {qmax} for {bits} bits")
+    if scales.dtype != np.float32 or scales.shape != (channels,):
+        problems.append(f"{name}: scales {scales.dtype}{list(scales.shape)}, expected "
+                        f"float32[{channels}]")
+    if not problems and not _same(dequantize(codes, scales, axis), w):
+        problems.append(f"{name}: weight is not exactly codes * scales")
+    return problems
+
+
+def check_quantized_file(path, float_path=None):
+    """Checks a quantized model file (e.g. written by qevo's C side) against FORMAT.md.
+
+    Returns a list of problems, empty when the file is consistent (weights exactly
+    codes * scales, codes within [-qmax, qmax], no batchnorm left) and, when float_path
+    is given, bit-identical to this reference quantizer applied to that float model with
+    the per-layer bits recorded in the file.
+    """
+    graph, tensors, metadata = _read(path)
+    if "qevo.quant" not in metadata:
+        return [f"{path}: no qevo.quant metadata"]
+    quant = json.loads(metadata["qevo.quant"])
+    granularity = quant.get("granularity")
+    if granularity not in ("per_channel", "per_tensor"):
+        return [f"{path}: unknown granularity {granularity!r}"]
+    problems = [f"{l['name']}: batchnorm left in a quantized file"
+                for l in graph["layers"] if l["op"] == "batchnorm"]
+    qlayers = [l for l in graph["layers"] if l["op"] in QUANTIZED_OPS]
+    entries = quant.get("layers", {})
+    for layer in qlayers:
+        if layer["name"] not in entries:
+            problems.append(f"{layer['name']}: not listed in qevo.quant")
+            continue
+        problems += _check_quant_layer(layer, entries[layer["name"]], tensors, granularity)
+    if float_path is not None and not problems:
+        problems += _compare_with_reference(graph, tensors, entries, granularity, float_path)
+    return problems
+
+
+def _compare_with_reference(graph, tensors, entries, granularity, float_path):
+    bits = {name: e["bits"] for name, e in entries.items()}
+    ref_graph, ref_tensors, _ = quantized_model(float_path, 8, granularity == "per_channel",
+                                                layer_bits=bits)
+    problems = []
+    ref_layers = {l["name"]: l for l in ref_graph["layers"]}
+    if [l["name"] for l in graph["layers"]] != list(ref_layers):
+        return [f"layer names/order differ from the reference: "
+                f"{[l['name'] for l in graph['layers']]} vs {list(ref_layers)}"]
+    for layer in graph["layers"]:
+        ref = ref_layers[layer["name"]]
+        for key in ("weight", "bias"):
+            got = qx.layer_tensor(layer, key, tensors)
+            want = qx.layer_tensor(ref, key, ref_tensors)
+            if (got is None) != (want is None) or (got is not None and not _same(got, want)):
+                problems.append(f"{layer['name']}: {key} differs from the reference")
+        if layer["name"] in entries:
+            e = entries[layer["name"]]
+            for key in ("codes", "scales"):
+                if not _same(tensors[e[key]], ref_tensors[f"{layer['name']}.{key}"]):
+                    problems.append(f"{layer['name']}: {key} differ from the reference")
+    return problems
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="qevo reference quantizer")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    q = sub.add_parser("quantize", help="fold and quantize SRC into DST")
+    q.add_argument("src")
+    q.add_argument("dst")
+    q.add_argument("--bits", type=int, required=True)
+    q.add_argument("--per-tensor", action="store_true")
+    q.add_argument("--first-bits", type=int)
+    q.add_argument("--last-bits", type=int)
+    c = sub.add_parser("check", help="check a quantized file (against --float SRC)")
+    c.add_argument("path")
+    c.add_argument("--float", dest="float_path")
+    args = ap.parse_args(argv)
+    try:
+        if args.cmd == "quantize":
+            write_quantized(args.src, args.dst, args.bits, not args.per_tensor,
+                            args.first_bits, args.last_bits)
+            return 0
+        problems = check_quantized_file(args.path, args.float_path)
+    except (OSError, ValueError) as e:
+        print(f"qevo_ref: {e}", file=sys.stderr)
+        return 1
+    for p in problems:
+        print(p)
+    print(f"{args.path}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,338 @@
+/* net: a graph using every op against a hand-composed reference (batch-norm applied
+ * unfolded), incremental evaluation (forward_from) against full passes bit for bit, and
+ * broken graphs, each rejected with a message naming the file and the layer. */
+#define _POSIX_C_SOURCE 200809L
+#include "qevo/net.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "model_builder.h"
+#include "qevo/ops.h"
+#include "test.h"
+
+static char dir[64], path[128];
+
+/* Input (3, 9, 9). Covers conv+bn+relu, strided conv+bn, option-A shortcut, add+relu,
+ * maxpool, a standalone relu, avgpool, convtranspose+sigmoid, flatten, linear. */
+static void build_all_ops(const char *file, uint64_t seed)
+{
+    model_builder mb;
+    mb_init(&mb, seed);
+    mb_tensor(&mb, "c1.w", -0.5f, 0.5f, 4, 4, 3, 3, 3);
+    mb_tensor(&mb, "c1.b", -0.1f, 0.1f, 1, 4);
+    mb_tensor(&mb, "bn1.g", 0.5f, 1.5f, 1, 4);
+    mb_tensor(&mb, "bn1.b", -0.2f, 0.2f, 1, 4);
+    mb_tensor(&mb, "bn1.m", -0.2f, 0.2f, 1, 4);
+    mb_tensor(&mb, "bn1.v", 0.5f, 2.0f, 1, 4);
+    mb_tensor(&mb, "c2.w", -0.5f, 0.5f, 4, 6, 4, 3, 3);
+    mb_tensor(&mb, "bn2.g", 0.5f, 1.5f, 1, 6);
+    mb_tensor(&mb, "bn2.b", -0.2f, 0.2f, 1, 6);
+    mb_tensor(&mb, "bn2.m", -0.2f, 0.2f, 1, 6);
+    mb_tensor(&mb, "bn2.v", 0.5f, 2.0f, 1, 6);
+    mb_tensor(&mb, "ct.w", -0.5f, 0.5f, 4, 6, 2, 3, 3);
+    mb_tensor(&mb, "ct.b", -0.1f, 0.1f, 1, 2);
+    mb_tensor(&mb, "fc.w", -0.2f, 0.2f, 2, 10, 128);
+    mb_tensor(&mb, "fc.b", -0.1f, 0.1f, 1, 10);
+    mb_layer(&mb, "{\"name\":\"c1\",\"op\":\"conv2d\",\"weight\":\"c1.w\",\"bias\":\"c1.b\","
+                  "\"stride\":[1,1],\"padding\":[1,1]}");
+    mb_layer(&mb, "{\"name\":\"bn1\",\"op\":\"batchnorm\",\"weight\":\"bn1.g\",\"bias\":\"bn1.b\","
+                  "\"mean\":\"bn1.m\",\"var\":\"bn1.v\",\"eps\":1e-5}");
+    mb_layer(&mb, "{\"name\":\"relu1\",\"op\":\"relu\"}");
+    mb_layer(&mb, "{\"name\":\"c2\",\"op\":\"conv2d\",\"weight\":\"c2.w\",\"bias\":null,"
+                  "\"stride\":[2,2],\"padding\":[1,1]}");
+    mb_layer(&mb, "{\"name\":\"bn2\",\"op\":\"batchnorm\",\"weight\":\"bn2.g\",\"bias\":\"bn2.b\","
+                  "\"mean\":\"bn2.m\",\"var\":\"bn2.v\",\"eps\":1e-3}");
+    mb_layer(&mb, "{\"name\":\"sub\",\"op\":\"subsample\",\"inputs\":[\"relu1\"],\"stride\":[2,2]}");
+    mb_layer(&mb, "{\"name\":\"pad\",\"op\":\"pad_channels\",\"before\":1,\"after\":1}");
+    mb_layer(&mb, "{\"name\":\"add\",\"op\":\"add\",\"inputs\":[\"bn2\",\"pad\"]}");
+    mb_layer(&mb, "{\"name\":\"relu2\",\"op\":\"relu\"}");
+    mb_layer(&mb, "{\"name\":\"mp\",\"op\":\"maxpool\",\"kernel\":[3,3],\"stride\":[1,1],"
+                  "\"padding\":[1,1]}");
+    mb_layer(&mb, "{\"name\":\"relu3\",\"op\":\"relu\"}");
+    mb_layer(&mb, "{\"name\":\"ap\",\"op\":\"avgpool\",\"kernel\":[2,2],\"stride\":[1,1],"
+                  "\"padding\":[0,0]}");
+    mb_layer(&mb, "{\"name\":\"ct\",\"op\":\"convtranspose2d\",\"weight\":\"ct.w\",\"bias\":\"ct.b\","
+                  "\"stride\":[2,2],\"padding\":[1,1],\"output_padding\":[1,1]}");
+    mb_layer(&mb, "{\"name\":\"sig\",\"op\":\"sigmoid\"}");
+    mb_layer(&mb, "{\"name\":\"flat\",\"op\":\"flatten\"}");
+    mb_layer(&mb, "{\"name\":\"fc\",\"op\":\"linear\",\"weight\":\"fc.w\",\"bias\":\"fc.b\"}");
+    CHECK(mb_save(&mb, file, "classify", 3, 9, 9) == 0);
+}
+
+static float *alloc_f(size_t n)
+{
+    return qv_calloc(n ? n : 1, sizeof(float));
+}
+
+/* Unfolded batch-norm on a CNHW tensor, in double. */
+static void bn_ref(float *x, op_dims d, const float *g, const float *b, const float *m,
+                   const float *v, double eps)
+{
+    size_t per = (size_t)d.n * d.h * d.w;
+    for (int c = 0; c < d.c; c++)
+        for (size_t i = 0; i < per; i++) {
+            double y = (x[c * per + i] - m[c]) / sqrt(v[c] + eps) * g[c] + b[c];
+            x[c * per + i] = (float)y;
+        }
+}
+
+static const float *tensor(const st_file *f, const char *name)
+{
+    return st_find(f, name)->data;
+}
+
+/* The same graph composed by hand from the _ref kernels. x: (n, 3, 9, 9) NCHW. */
+static void reference_forward(const char *file, const float *x, int n, float *logits)
+{
+    st_file *f;
+    QV_ASSERT(st_open(file, &f, NULL) == 0);
+    op_dims d0 = {3, n, 9, 9};
+    float *in = alloc_f(3 * 81 * (size_t)n);
+    op_nchw_to_cnhw(x, d0, in);
+    op_conv p1 = {3, 4, 3, 3, 1, 1, 1, 1, 0, 0};
+    op_dims d1 = op_conv2d_out(d0, &p1);
+    float *a1 = alloc_f(4 * 81 * (size_t)n);
+    op_conv2d_ref(in, d0, &p1, tensor(f, "c1.w"), tensor(f, "c1.b"), ACT_NONE, a1);
+    bn_ref(a1, d1, tensor(f, "bn1.g"), tensor(f, "bn1.b"), tensor(f, "bn1.m"), tensor(f, "bn1.v"),
+           1e-5);
+    op_activate_ref(a1, 4 * 81 * (size_t)n, ACT_RELU);
+    op_conv p2 = {4, 6, 3, 3, 2, 2, 1, 1, 0, 0};
+    op_dims d2 = op_conv2d_out(d1, &p2); /* (6, n, 5, 5) */
+    float *a2 = alloc_f(6 * 25 * (size_t)n);
+    op_conv2d_ref(a1, d1, &p2, tensor(f, "c2.w"), NULL, ACT_NONE, a2);
+    bn_ref(a2, d2, tensor(f, "bn2.g"), tensor(f, "bn2.b"), tensor(f, "bn2.m"), tensor(f, "bn2.v"),
+           1e-3);
+    float *sub = alloc_f(4 * 25 * (size_t)n), *pad = alloc_f(6 * 25 * (size_t)n);
+    op_subsample_ref(a1, d1, 2, 2, sub);
+    op_pad_channels_ref(sub, (op_dims){4, n, 5, 5}, 1, 1, pad);
+    float *sum = alloc_f(6 * 25 * (size_t)n), *mp = alloc_f(6 * 25 * (size_t)n);
+    op_add_ref(a2, pad, 6 * 25 * (size_t)n, ACT_RELU, sum);
+    op_pool mpp = {3, 3, 1, 1, 1, 1}, app = {2, 2, 1, 1, 0, 0};
+    op_maxpool_ref(sum, d2, &mpp, mp);
+    op_activate_ref(mp, 6 * 25 * (size_t)n, ACT_RELU);
+    float *ap = alloc_f(6 * 16 * (size_t)n);
+    op_avgpool_ref(mp, d2, &app, ap);
+    op_conv pt = {6, 2, 3, 3, 2, 2, 1, 1, 1, 1};
+    op_dims d3 = {6, n, 4, 4};
+    float *ct = alloc_f(2 * 64 * (size_t)n), *flat = alloc_f(2 * 64 * (size_t)n);
+    op_convt2d_ref(ap, d3, &pt, tensor(f, "ct.w"), tensor(f, "ct.b"), ACT_SIGMOID, ct);
+    op_flatten_ref(ct, (op_dims){2, n, 8, 8}, flat);
+    float *out = alloc_f(10 * (size_t)n);
+    op_linear_ref(flat, 128, n, tensor(f, "fc.w"), tensor(f, "fc.b"), 10, ACT_NONE, out);
+    op_cnhw_to_nchw(out, (op_dims){10, n, 1, 1}, logits);
+    free(in), free(a1), free(a2), free(sub), free(pad), free(sum), free(mp), free(ap);
+    free(ct), free(flat), free(out);
+    st_close(f);
+}
+
+static void test_all_ops(void)
+{
+    build_all_ops(path, 7);
+    net *nt;
+    qv_err err;
+    int rc = net_load(path, &nt, &err);
+    CHECKF(rc == 0, "load: %s", err.msg);
+    if (rc)
+        return;
+    /* Folding and fusion: c1+bn1+relu1, c2+bn2, sub, pad, add+relu2, mp, relu3, ap,
+     * ct+sig, flat, fc. */
+    CHECK(net_node_count(nt) == 11);
+    const net_node *c1 = net_node_at(nt, 0);
+    CHECK(!strcmp(c1->name, "c1") && c1->bn_name && !strcmp(c1->bn_name, "bn1") &&
+          c1->act == ACT_RELU);
+    CHECK(net_node_at(nt, 1)->bn_name && net_node_at(nt, 1)->act == ACT_NONE);
+    CHECK(net_node_at(nt, 4)->op == NET_ADD && net_node_at(nt, 4)->act == ACT_RELU);
+    CHECK(net_node_at(nt, 6)->op == NET_RELU);
+    CHECK(net_find(nt, "relu2") == 4 && net_find(nt, "bn2") == 1 && net_find(nt, "nope") < 0);
+    CHECK(net_weight_count(nt) == 4 * 27 + 6 * 36 + 6 * 18 + 1280);
+    int n = 5;
+    float *x = alloc_f(3 * 81 * (size_t)n), *y = alloc_f(10 * (size_t)n),
+          *yr = alloc_f(10 * (size_t)n);
+    rng r = rng_stream(3, 0, 0, RNG_TEST);
+    for (int i = 0; i < 3 * 81 * n; i++)
+        x[i] = (float)rng_normal(&r);
+    net_acts *a = net_acts_create(nt, 8);
+    net_forward(nt, a, x, n);
+    net_output(nt, a, n, y);
+    reference_forward(path, x, n, yr);
+    double worst = 0, scale = 0;
+    for (int i = 0; i < 10 * n; i++) {
+        worst = fmax(worst, fabs(y[i] - yr[i]));
+        scale = fmax(scale, fabs(yr[i]));
+    }
+    CHECKF(worst <= 1e-5 * fmax(scale, 1.0), "forward vs reference: max diff %g (scale %g)",
+           worst, scale);
+
+    /* Folded graph round trip: write it with the folded weights, load, same outputs. */
+    char *g = net_folded_graph_json(nt);
+    CHECK(strstr(g, "batchnorm") == NULL && strstr(g, "\"relu1\"") != NULL);
+    free(g);
+
+    /* Incremental evaluation: change one weighted node, recompute from it, compare with a
+     * full pass bit for bit; also in place (out == cached). */
+    net_acts *child = net_acts_create(nt, 8), *full = net_acts_create(nt, 8);
+    float *yc = alloc_f(10 * (size_t)n), *yf = alloc_f(10 * (size_t)n);
+    for (int k = 0; k < net_node_count(nt); k++) {
+        const net_node *nd = net_node_at(nt, k);
+        net_forward(nt, a, x, n); /* parent state */
+        float *w = net_weights(nt) + nd->woff;
+        float saved = nd->wcount ? w[nd->wcount / 2] : 0;
+        if (nd->wcount)
+            w[nd->wcount / 2] += 0.25f;
+        net_forward_from(nt, k, a, child, n);
+        net_forward(nt, full, x, n);
+        net_output(nt, child, n, yc);
+        net_output(nt, full, n, yf);
+        CHECKF(memcmp(yc, yf, sizeof(float) * 10 * (size_t)n) == 0,
+               "forward_from(%d) differs from a full pass", k);
+        net_forward_from(nt, k, a, a, n);
+        net_output(nt, a, n, yc);
+        CHECKF(memcmp(yc, yf, sizeof(float) * 10 * (size_t)n) == 0,
+               "in-place forward_from(%d) differs from a full pass", k);
+        if (nd->wcount)
+            w[nd->wcount / 2] = saved;
+    }
+    free(x), free(y), free(yr), free(yc), free(yf);
+    net_acts_free(a), net_acts_free(child), net_acts_free(full);
+    net_free(nt);
+}
+
+/* A broken variant of a small valid graph: `layers` replaces the graph's layers. */
+/* Writes the small graph with the given layers; returns net_load's status. */
+static int load_variant(const char *layers_json, const char *task, qv_err *err)
+{
+    model_builder mb;
+    mb_init(&mb, 1);
+    mb_tensor(&mb, "c.w", -1, 1, 4, 4, 1, 3, 3);
+    mb_tensor(&mb, "c.b", -1, 1, 1, 4);
+    mb_tensor(&mb, "bn.g", 0.5f, 1, 1, 4);
+    mb_tensor(&mb, "bn.b", 0, 1, 1, 4);
+    mb_tensor(&mb, "bn.m", 0, 1, 1, 4);
+    mb_tensor(&mb, "bn.v", 0.5f, 1, 1, 4);
+    mb_tensor(&mb, "fc.w", -1, 1, 2, 10, 4);
+    mb_tensor(&mb, "fc.w3", -1, 1, 3, 10, 4, 1);
+    json_error_t e;
+    json_t *layers = json_loads(layers_json, 0, &e);
+    QV_ASSERT(layers);
+    size_t i;
+    json_t *l;
+    json_array_foreach(layers, i, l) {
+        char *s = json_dumps(l, JSON_COMPACT);
+        mb_layer(&mb, s);
+        free(s);
+    }
+    json_decref(layers);
+    QV_ASSERT(mb_save(&mb, path, task, 1, 6, 6) == 0);
+    net *nt = NULL;
+    int rc = net_load(path, &nt, err);
+    net_free(nt);
+    return rc;
+}
+
+static void expect_bad(const char *layers_json, const char *task, const char *want,
+                       const char *why)
+{
+    qv_err err = {{0}};
+    int rc = load_variant(layers_json, task, &err);
+    CHECKF(rc != 0, "%s: loaded, but should fail", why);
+    CHECKF(rc != 0 && strstr(err.msg, path) && strstr(err.msg, want),
+           "%s: message '%s' should name the file and contain '%s'", why, err.msg, want);
+}
+
+#define CONV "{\"name\":\"c\",\"op\":\"conv2d\",\"weight\":\"c.w\",\"stride\":1,\"padding\":1}"
+#define GAP_FC "{\"name\":\"g\",\"op\":\"global_avgpool\"},{\"name\":\"fc\",\"op\":\"linear\",\"weight\":\"fc.w\"}"
+
+static void test_bad_graphs(void)
+{
+    qv_err err;
+    CHECKF(load_variant("[" CONV "," GAP_FC "]", "classify", &err) == 0,
+           "the valid base graph must load: %s", err.msg);
+    expect_bad("[" CONV ",{\"name\":\"x\",\"op\":\"gelu\"}," GAP_FC "]", "classify",
+               "'x'): unknown op 'gelu'", "unknown op");
+    expect_bad("[{\"name\":\"c\",\"op\":\"conv2d\",\"weight\":\"nope\"}," GAP_FC "]", "classify",
+               "missing tensor 'nope'", "missing tensor");
+    expect_bad("[{\"name\":\"c\",\"op\":\"conv2d\",\"weight\":\"fc.w\"}," GAP_FC "]", "classify",
+               "('c')", "2-D weight for conv2d");
+    expect_bad("[" CONV ",{\"name\":\"g\",\"op\":\"global_avgpool\"},{\"name\":\"fc\",\"op\":"
+               "\"linear\",\"weight\":\"fc.w3\"}]", "classify", "('fc')", "3-D linear weight");
+    expect_bad("[" CONV ",{\"name\":\"fc\",\"op\":\"linear\",\"weight\":\"fc.w\"}]", "classify",
+               "add a flatten layer", "linear on a 4x6x6 input");
+    expect_bad("[" CONV ",{\"name\":\"a\",\"op\":\"add\",\"inputs\":[\"c\",\"input\"]}," GAP_FC
+               "]", "classify", "different shapes", "add of (4,6,6) and (1,6,6)");
+    expect_bad("[" CONV ",{\"name\":\"a\",\"op\":\"add\",\"inputs\":[\"c\",\"later\"]}," GAP_FC
+               "]", "classify", "'later' is not an earlier layer", "forward reference");
+    expect_bad("[" CONV ",{\"name\":\"r\",\"op\":\"relu\"},{\"name\":\"bn\",\"op\":\"batchnorm\","
+               "\"weight\":\"bn.g\",\"bias\":\"bn.b\",\"mean\":\"bn.m\",\"var\":\"bn.v\",\"eps\":"
+               "1e-5}," GAP_FC "]", "classify", "batchnorm must directly follow",
+               "batchnorm after relu");
+    expect_bad("[" CONV ",{\"name\":\"c\",\"op\":\"relu\"}," GAP_FC "]", "classify",
+               "used twice", "duplicate name");
+    expect_bad("[{\"name\":\"c\",\"op\":\"conv2d\",\"weight\":\"c.w\",\"stride\":0}," GAP_FC "]",
+               "classify", "'stride'", "stride 0");
+    expect_bad("[{\"name\":\"c\",\"op\":\"conv2d\",\"weight\":\"c.w\",\"padding\":1,\"dilation\":2},"
+               GAP_FC "]", "classify", "unknown field 'dilation'", "dilation");
+    expect_bad("[" CONV ",{\"name\":\"m\",\"op\":\"maxpool\",\"kernel\":9,\"stride\":1}," GAP_FC "]",
+               "classify", "does not fit", "pool kernel larger than the input");
+    expect_bad("[" CONV ",{\"name\":\"dead\",\"op\":\"relu\",\"inputs\":[\"input\"]},"
+               "{\"name\":\"g\",\"op\":\"global_avgpool\",\"inputs\":[\"c\"]},"
+               "{\"name\":\"fc\",\"op\":\"linear\",\"weight\":\"fc.w\"}]",
+               "classify", "never used", "unused layer");
+    expect_bad("[" CONV "]", "classify", "classifier's output", "classifier ending in a conv");
+    expect_bad("[" CONV "," GAP_FC "]", "reconstruct", "input's shape", "autoencoder shape");
+    expect_bad("[" CONV "," GAP_FC "]", "segment", "'task'", "unknown task");
+    expect_bad("[]", "classify", "non-empty list", "no layers");
+}
+
+static void write_with_graph(const char *graph)
+{
+    st_writer *w = st_writer_create();
+    if (graph)
+        st_writer_meta(w, "qevo.graph", graph);
+    QV_ASSERT(st_writer_save(w, path, NULL) == 0);
+    st_writer_free(w);
+}
+
+static void test_bad_headers(void)
+{
+    static const struct {
+        const char *graph, *want;
+    } cases[] = {
+        {NULL, "no qevo.graph"},
+        {"{\"version\": 1, ", "invalid JSON"},
+        {"{\"version\": 2}", "'version' must be 1"},
+        {"{\"version\": 1, \"task\": \"classify\", \"input\": {\"shape\": [1, 0, 28]}}",
+         "input.shape[1]"},
+        {"{\"version\": 1, \"task\": \"classify\", \"input\": {\"shape\": [1, 28, 28], \"mean\": "
+         "[0], \"std\": [0]}}", "input.std[0] must be a positive number"},
+        {"{\"version\": 1, \"task\": \"classify\", \"input\": {\"shape\": [2, 28, 28], \"mean\": "
+         "[0], \"std\": [1]}}", "input.mean must be a list of 2"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        write_with_graph(cases[i].graph);
+        net *nt = NULL;
+        qv_err err = {{0}};
+        int rc = net_load(path, &nt, &err);
+        CHECKF(rc != 0 && strstr(err.msg, path) && strstr(err.msg, cases[i].want),
+               "header case %zu: got '%s', want '%s'", i, err.msg, cases[i].want);
+        net_free(nt);
+    }
+    net *nt = NULL;
+    qv_err err;
+    CHECK(net_load("/nonexistent/model.safetensors", &nt, &err) != 0 &&
+          strstr(err.msg, "/nonexistent/model.safetensors"));
+}
+
+int main(void)
+{
+    strcpy(dir, "/tmp/qevo-test-net-XXXXXX");
+    QV_ASSERT(mkdtemp(dir));
+    snprintf(path, sizeof path, "%s/m.safetensors", dir);
+    test_all_ops();
+    test_bad_graphs();
+    test_bad_headers();
+    unlink(path);
+    rmdir(dir);
+    TEST_END("test_net");
+}
