@@ -397,7 +397,6 @@ class _Exporter:
     """Maps one fx-traced module onto a qevo layer list (see export())."""
 
     def __init__(self, module, input_shape):
-        self.module = module
         self.input_shape = tuple(input_shape)
         self.gm = torch.fx.symbolic_trace(module)
         self.names = {}        # tensor fx node -> qevo name ("input" or a layer name)
@@ -408,6 +407,7 @@ class _Exporter:
         self.taken = {n.name for n in self.gm.graph.nodes} | {"input"}
         self.output = None
         self.batch3 = {}
+        self.seen_input = False
 
     # -- shapes
 
@@ -514,11 +514,12 @@ class _Exporter:
 
     def visit(self, node):
         if node.op == "placeholder":
-            if node.users and self.names:
-                raise ExportError(f"forward() takes more than one input (fx node "
-                                  f"'{node.name}'); qevo models take one image tensor")
-            if node.users:
+            if not self.seen_input:
+                self.seen_input = True
                 self.names[node] = "input"
+            elif node.users:
+                raise ExportError(f"forward() uses a second input '{node.target}'; qevo "
+                                  f"models take one image tensor")
             return
         if node.op == "get_attr":
             users = ", ".join(f"{_describe(u, self.gm)} ('{u.name}')" for u in node.users)
@@ -1020,6 +1021,9 @@ def export(module, input_shape, path, mean, std, task="classify", description=""
     for name, t in list(module.named_parameters()) + list(module.named_buffers()):
         if t.is_floating_point() and t.dtype != torch.float32:
             raise ExportError(f"'{name}' is {t.dtype}; convert the module with .float()")
+    if type(module) in _MODULES:
+        raise ExportError(f"the module is a bare {type(module).__name__}; wrap it, e.g. in "
+                          f"nn.Sequential, so that it is traced as a layer")
     was_training = module.training
     module.eval()
     try:

@@ -95,8 +95,11 @@ static void init_layer(quant *q, const net *nt, quant_layer *ql, const net_node 
             for (size_t i = 0; i < l.inner; i++)
                 m = fabsf(run[i]) > m ? fabsf(run[i]) : m;
         }
-        /* An all-zero channel keeps scale 1, so its codes are 0 and nothing divides by 0. */
-        float s = m > 0.0f ? m / (float)ql->qmax : 1.0f;
+        /* An all-zero channel (or one so small its scale underflows) keeps scale 1, so
+         * its codes are 0 and nothing divides by 0. */
+        float s = m / (float)ql->qmax;
+        if (s == 0.0f)
+            s = 1.0f;
         ql->scales[c] = s;
         for (size_t o = 0; o < l.outer; o++) {
             size_t start = nd->woff + run_start(nd, l, c, o);
