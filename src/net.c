@@ -615,6 +615,18 @@ static int check_task_shape(loader *L, net *nt)
     return 0;
 }
 
+/* Marks the cut nodes: node i is a cut if the smallest input index read by any node
+ * after i is >= i (NET_INPUT counts as -1). */
+static void mark_cuts(net *nt)
+{
+    int min_read = nt->count;
+    for (int i = nt->count - 1; i >= 0; i--) {
+        nt->nodes[i].cut = min_read >= i;
+        for (int j = 0; j < nt->nodes[i].ninputs; j++)
+            min_read = nt->nodes[i].inputs[j] < min_read ? nt->nodes[i].inputs[j] : min_read;
+    }
+}
+
 static int load_graph(loader *L, net *nt)
 {
     const char *text = st_meta(L->st, "qevo.graph");
@@ -662,6 +674,8 @@ static int load_graph(loader *L, net *nt)
         rc = build_nodes(L, nt, params, output);
     if (rc == 0)
         rc = check_task_shape(L, nt);
+    if (rc == 0)
+        mark_cuts(nt);
     free(params);
     return rc;
 }
@@ -848,7 +862,22 @@ static op_dims batch_of(op_dims d, int n)
     return d;
 }
 
-net_acts *net_acts_create(const net *nt, int max_batch)
+bool net_is_cut(const net *nt, int i)
+{
+    QV_ASSERT(i >= 0 && i < nt->count);
+    return nt->nodes[i].cut;
+}
+
+int net_resume_node(const net *nt, int first)
+{
+    QV_ASSERT(first >= 0 && first <= nt->count);
+    int r = first;
+    while (r > 0 && !net_is_cut(nt, r - 1))
+        r--;
+    return r;
+}
+
+static net_acts *acts_create(const net *nt, int max_batch, bool cut_only)
 {
     QV_ASSERT(max_batch >= 1);
     net_acts *a = qv_calloc(1, sizeof *a);
@@ -860,8 +889,12 @@ net_acts *net_acts_create(const net *nt, int max_batch)
     for (int i = 0; i < nt->count; i++) {
         const net_node *nd = &nt->nodes[i];
         size_t n = numel(batch_of(nd->out, max_batch));
+        if (cut_only && !net_is_cut(nt, i))
+            continue;
         a->out[i] = qv_malloc_aligned(sizeof(float) * n);
         bytes += sizeof(float) * n;
+        if (cut_only)
+            continue;
         size_t need = 0;
         if (nd->op == NET_CONV2D)
             need = op_conv2d_workspace(batch_of(nd->in, max_batch), &nd->p.conv);
@@ -869,9 +902,31 @@ net_acts *net_acts_create(const net *nt, int max_batch)
             need = op_convt2d_workspace(batch_of(nd->in, max_batch), &nd->p.conv);
         ws = need > ws ? need : ws;
     }
-    a->ws = qv_malloc_aligned(sizeof(float) * (ws ? ws : 1));
+    a->ws = cut_only ? NULL : qv_malloc_aligned(sizeof(float) * (ws ? ws : 1));
     a->bytes = bytes + sizeof(float) * ws;
     return a;
+}
+
+net_acts *net_acts_create(const net *nt, int max_batch)
+{
+    return acts_create(nt, max_batch, false);
+}
+
+net_acts *net_acts_create_cache(const net *nt, int max_batch)
+{
+    return acts_create(nt, max_batch, true);
+}
+
+void net_acts_copy(const net *nt, const net_acts *src, net_acts *dst, int first, int n)
+{
+    QV_ASSERT(n <= src->max_batch && n <= dst->max_batch);
+    if (first == 0)
+        memcpy(dst->input, src->input, sizeof(float) * numel(batch_of(nt->input, n)));
+    for (int i = first; i < nt->count; i++)
+        if (dst->out[i]) {
+            QV_ASSERT(src->out[i]);
+            memcpy(dst->out[i], src->out[i], sizeof(float) * numel(batch_of(nt->nodes[i].out, n)));
+        }
 }
 
 void net_acts_free(net_acts *a)
@@ -941,13 +996,14 @@ void net_forward_from(const net *nt, int first, const net_acts *cached, net_acts
 {
     QV_ASSERT(first >= 0 && first <= nt->count);
     QV_ASSERT(n >= 1 && n <= cached->max_batch && n <= out->max_batch);
-    QV_ASSERT(cached->count == nt->count && out->count == nt->count);
+    QV_ASSERT(cached->count == nt->count && out->count == nt->count && out->ws);
     for (int i = first; i < nt->count; i++) {
         const net_node *nd = &nt->nodes[i];
         const float *in[2] = {NULL, NULL};
         for (int k = 0; k < nd->ninputs; k++) {
             int j = nd->inputs[k];
             in[k] = j == NET_INPUT ? cached->input : j < first ? cached->out[j] : out->out[j];
+            QV_ASSERT(in[k]); /* a cache-only `cached` must be resumed at a cut */
         }
         run_node(nt, i, in, out->out[i], out->ws, n);
     }

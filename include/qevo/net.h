@@ -66,6 +66,7 @@ typedef struct {
     bool has_bias;
     size_t boff; /* net_biases() + boff, out.c floats */
     double flops; /* per image, multiply-add counted as 2 */
+    bool cut;     /* no later node reads the input or a node before this one */
 } net_node;
 
 typedef struct net net;
@@ -112,13 +113,30 @@ void net_acts_free(net_acts *a);
 int net_acts_batch(const net_acts *a);
 size_t net_acts_bytes(const net_acts *a);
 
+/* Activation storage that keeps only the input and the outputs of "cut" nodes: nodes
+ * after which nothing reads an earlier node (block boundaries of a ResNet, every node of
+ * a chain). It is enough to resume a pass at net_resume_node() and is several times
+ * smaller than full storage: the optimizer keeps one per cached parent. */
+net_acts *net_acts_create_cache(const net *n, int max_batch);
+
+/* True if no node after i reads the input or a node before i. */
+bool net_is_cut(const net *n, int i);
+/* The node a pass must restart from to recompute node `first` when only cut nodes are
+ * stored: the largest r <= first with r == 0 or net_is_cut(r - 1). */
+int net_resume_node(const net *n, int first);
+
+/* Copies the stored outputs of nodes >= first (and the input if first == 0) of n images
+ * from src to dst; src must hold every node dst stores from `first` on. */
+void net_acts_copy(const net *nt, const net_acts *src, net_acts *dst, int first, int n);
+
 /* Full forward pass of n images, x (n, C, H, W) normalised, into a. */
 void net_forward(const net *nt, net_acts *a, const float *x, int n);
 
-/* Recomputes nodes first.. onwards into `out`, reading the outputs of nodes before
- * `first` (and the input images) from `cached`, which holds a forward pass of the same
- * n images (possibly with other weights in nodes >= first). out may equal cached.
- * The result equals a full forward pass with the current weights, bit for bit. */
+/* Recomputes nodes first.. onwards into `out` (full storage), reading the outputs of
+ * nodes before `first` (and the input images) from `cached`, which holds a forward pass
+ * of the same n images (possibly with other weights in nodes >= first). out may equal
+ * cached. With a cache-only `cached`, first must be a net_resume_node(). The result
+ * equals a full forward pass with the current weights, bit for bit. */
 void net_forward_from(const net *nt, int first, const net_acts *cached, net_acts *out, int n);
 
 /* The output of the last forward pass in a (for n images) as (n, C*H*W), row-major. */
