@@ -48,6 +48,7 @@ struct net {
     size_t nweights;
     float *biases;
     size_t nbiases;
+    int block; /* images per block of depth-first execution (see net_forward_from) */
 };
 
 struct net_acts {
@@ -417,7 +418,7 @@ static int parse_layer(loader *L, int i, op_dims image, net_node *scratch)
         return 0;
     }
     case NET_PAD_CHANNELS: {
-        int before, after;
+        int before = 0, after = 0;
         if (check_keys(L, i, pad_keys) || get_int(L, i, "before", 0, MAX_DIM, &before) ||
             get_int(L, i, "after", 0, MAX_DIM, &after))
             return -1;
@@ -461,8 +462,36 @@ static void fold_batchnorm(net *nt, net_node *nd, const layer *bn)
     nd->has_bias = true;
 }
 
+/* Fuses add layer i into the conv2d node built just before it (node count - 1) if one of
+ * the add's inputs is that conv's output and nothing else reads it: the node then computes
+ * act(conv + bias + the add's other input) in one kernel (op_conv2d_add), and the conv's
+ * output is never stored on its own. Returns whether it did. */
+static bool fuse_add(loader *L, net *nt, int count, int i, int output)
+{
+    layer *ly = &L->layers[i];
+    if (count == 0)
+        return false;
+    net_node *nd = &nt->nodes[count - 1];
+    if (nd->op != NET_CONV2D || nd->act != ACT_NONE || nd->add_name)
+        return false;
+    for (int k = 0; k < 2; k++) {
+        int src = ly->inputs[k], other = ly->inputs[1 - k];
+        if (src < 0 || L->layers[src].node != count - 1 || L->layers[src].consumers != 1 ||
+            src == output)
+            continue;
+        nd->add_name = qv_strdup(ly->name);
+        nd->add_slot = k;
+        nd->ninputs = 2;
+        nd->inputs[1] = other == NET_INPUT ? NET_INPUT : L->layers[other].node;
+        ly->node = count - 1;
+        return true;
+    }
+    return false;
+}
+
 /* Turns the parsed layers into executed nodes: batchnorm folded into the conv before
- * it, relu/sigmoid fused into a conv/linear/add before it that nobody else reads. */
+ * it, an add into the conv2d just before it (fuse_add), relu/sigmoid fused into a
+ * conv/linear/add before it that nobody else reads. */
 static int build_nodes(loader *L, net *nt, const net_node *params, int output)
 {
     nt->nodes = qv_calloc((size_t)L->count, sizeof(net_node));
@@ -494,6 +523,8 @@ static int build_nodes(loader *L, net *nt, const net_node *params, int output)
             ly->node = prev->node;
             continue;
         }
+        if (ly->op == NET_ADD && fuse_add(L, nt, count, i, output))
+            continue;
         if ((ly->op == NET_RELU || ly->op == NET_SIGMOID) && single &&
             (has_weights(prev->op) || prev->op == NET_ADD || prev->op == NET_BATCHNORM) &&
             nt->nodes[prev->node].act == ACT_NONE) {
@@ -627,6 +658,19 @@ static void mark_cuts(net *nt)
     }
 }
 
+/* Images per block of depth-first execution: a pass runs every node on one block of
+ * images before the next block, so that a node's input is still in cache when it is read.
+ * Small enough that a block's activations stay in cache, large enough that each sgemm
+ * has many columns. Depends on the net only, so that all storage for it has one layout. */
+static int block_images(const net *nt)
+{
+    const char *env = getenv("QEVO_BLOCK");
+    if (env)
+        return atoi(env);
+    (void)nt;
+    return 16;
+}
+
 static int load_graph(loader *L, net *nt)
 {
     const char *text = st_meta(L->st, "qevo.graph");
@@ -674,8 +718,10 @@ static int load_graph(loader *L, net *nt)
         rc = build_nodes(L, nt, params, output);
     if (rc == 0)
         rc = check_task_shape(L, nt);
-    if (rc == 0)
+    if (rc == 0) {
         mark_cuts(nt);
+        nt->block = block_images(nt);
+    }
     free(params);
     return rc;
 }
@@ -711,6 +757,7 @@ void net_free(net *nt)
         free(nt->nodes[i].name);
         free(nt->nodes[i].bn_name);
         free(nt->nodes[i].act_name);
+        free(nt->nodes[i].add_name);
     }
     free(nt->nodes);
     qv_free_aligned(nt->weights);
@@ -748,6 +795,7 @@ int net_find(const net *nt, const char *name)
     for (int i = 0; i < nt->count; i++) {
         const net_node *nd = &nt->nodes[i];
         if (!strcmp(nd->name, name) || (nd->bn_name && !strcmp(nd->bn_name, name)) ||
+            (nd->add_name && !strcmp(nd->add_name, name)) ||
             (nd->act_name && !strcmp(nd->act_name, name)))
             return i;
     }
@@ -769,12 +817,13 @@ static json_t *pair(int a, int b)
     return json_pack("[ii]", a, b);
 }
 
-/* The name consumers use for node i's output: its fused activation if it has one. */
+/* The name consumers use for node i's output: its last fused layer's. */
 static const char *output_name(const net *nt, int i)
 {
     if (i == NET_INPUT)
         return "input";
-    return nt->nodes[i].act_name ? nt->nodes[i].act_name : nt->nodes[i].name;
+    const net_node *nd = &nt->nodes[i];
+    return nd->act_name ? nd->act_name : nd->add_name ? nd->add_name : nd->name;
 }
 
 static json_t *node_json(const net *nt, int i)
@@ -782,7 +831,8 @@ static json_t *node_json(const net *nt, int i)
     const net_node *nd = &nt->nodes[i];
     json_t *j = json_pack("{ssss}", "name", nd->name, "op", net_op_name(nd->op));
     json_t *inputs = json_array();
-    for (int k = 0; k < nd->ninputs; k++)
+    /* A fused add's other input belongs to the add layer (add_json). */
+    for (int k = 0; k < (nd->add_name ? 1 : nd->ninputs); k++)
         json_array_append_new(inputs, json_string(output_name(nt, nd->inputs[k])));
     json_object_set_new(j, "inputs", inputs);
     char tensor[1024];
@@ -820,6 +870,16 @@ static json_t *node_json(const net *nt, int i)
     return j;
 }
 
+/* The add layer fused into conv node i, its inputs in the file's order. */
+static json_t *add_json(const net *nt, int i)
+{
+    const net_node *nd = &nt->nodes[i];
+    const char *in[2];
+    in[nd->add_slot] = nd->name;
+    in[1 - nd->add_slot] = output_name(nt, nd->inputs[1]);
+    return json_pack("{sssss[ss]}", "name", nd->add_name, "op", "add", "inputs", in[0], in[1]);
+}
+
 char *net_folded_graph_json(const net *nt)
 {
     json_t *mean = json_array(), *std = json_array(), *layers = json_array();
@@ -830,11 +890,15 @@ char *net_folded_graph_json(const net *nt)
     for (int i = 0; i < nt->count; i++) {
         const net_node *nd = &nt->nodes[i];
         json_array_append_new(layers, node_json(nt, i));
-        /* A fused activation goes back to being its own layer; a standalone one is already. */
+        /* A fused add or activation goes back to being its own layer; a standalone one is
+         * already. */
+        if (nd->add_name)
+            json_array_append_new(layers, add_json(nt, i));
         if (nd->act_name)
             json_array_append_new(layers, json_pack("{sssss[s]}", "name", nd->act_name, "op",
                                                     nd->act == ACT_RELU ? "relu" : "sigmoid",
-                                                    "inputs", nd->name));
+                                                    "inputs", nd->add_name ? nd->add_name
+                                                                           : nd->name));
     }
     json_t *g = json_pack("{sisss{s[iii]soso}soss}", "version", 1, "task",
                           nt->task == NET_CLASSIFY ? "classify" : "reconstruct", "input",
@@ -860,6 +924,14 @@ static op_dims batch_of(op_dims d, int n)
 {
     d.n = n;
     return d;
+}
+
+/* Activations are stored as consecutive CNHW blocks of nt->block images (the last one
+ * may hold fewer): block k of a tensor of `per` floats per image starts at k * block *
+ * per, so n images fill the first n * per floats whatever the block size. */
+static size_t per_image(op_dims d)
+{
+    return (size_t)d.c * d.h * d.w;
 }
 
 bool net_is_cut(const net *nt, int i)
@@ -895,11 +967,13 @@ static net_acts *acts_create(const net *nt, int max_batch, bool cut_only)
         bytes += sizeof(float) * n;
         if (cut_only)
             continue;
+        /* Kernels run on one block at a time. */
+        int block = max_batch < nt->block ? max_batch : nt->block;
         size_t need = 0;
         if (nd->op == NET_CONV2D)
-            need = op_conv2d_workspace(batch_of(nd->in, max_batch), &nd->p.conv);
+            need = op_conv2d_workspace(batch_of(nd->in, block), &nd->p.conv);
         else if (nd->op == NET_CONVT2D)
-            need = op_convt2d_workspace(batch_of(nd->in, max_batch), &nd->p.conv);
+            need = op_convt2d_workspace(batch_of(nd->in, block), &nd->p.conv);
         ws = need > ws ? need : ws;
     }
     a->ws = cut_only ? NULL : qv_malloc_aligned(sizeof(float) * (ws ? ws : 1));
@@ -952,7 +1026,10 @@ static void run_node(const net *nt, int i, const float *const *in, float *y, flo
     const float *b = nd->has_bias ? nt->biases + nd->boff : NULL;
     switch (nd->op) {
     case NET_CONV2D:
-        op_conv2d(in[0], d, &nd->p.conv, w, b, nd->act, y, ws);
+        if (nd->add_name)
+            op_conv2d_add(in[0], d, &nd->p.conv, w, b, in[1], nd->act, y, ws);
+        else
+            op_conv2d(in[0], d, &nd->p.conv, w, b, nd->act, y, ws);
         break;
     case NET_CONVT2D:
         op_convt2d(in[0], d, &nd->p.conv, w, b, nd->act, y, ws);
@@ -992,36 +1069,55 @@ static void run_node(const net *nt, int i, const float *const *in, float *y, flo
     }
 }
 
-void net_forward_from(const net *nt, int first, const net_acts *cached, net_acts *out, int n)
+/* Runs nodes first.. on the block of images [b0, b0 + n). */
+static void forward_block(const net *nt, int first, const net_acts *cached, net_acts *out,
+                          int b0, int n)
 {
-    QV_ASSERT(first >= 0 && first <= nt->count);
-    QV_ASSERT(n >= 1 && n <= cached->max_batch && n <= out->max_batch);
-    QV_ASSERT(cached->count == nt->count && out->count == nt->count && out->ws);
     for (int i = first; i < nt->count; i++) {
         const net_node *nd = &nt->nodes[i];
         const float *in[2] = {NULL, NULL};
         for (int k = 0; k < nd->ninputs; k++) {
             int j = nd->inputs[k];
-            in[k] = j == NET_INPUT ? cached->input : j < first ? cached->out[j] : out->out[j];
-            QV_ASSERT(in[k]); /* a cache-only `cached` must be resumed at a cut */
+            const float *buf = j == NET_INPUT ? cached->input
+                               : j < first    ? cached->out[j]
+                                              : out->out[j];
+            QV_ASSERT(buf); /* a cache-only `cached` must be resumed at a cut */
+            in[k] = buf + (size_t)b0 * per_image(j == NET_INPUT ? nt->input : nt->nodes[j].out);
         }
-        run_node(nt, i, in, out->out[i], out->ws, n);
+        run_node(nt, i, in, out->out[i] + (size_t)b0 * per_image(nd->out), out->ws, n);
     }
+}
+
+/* Depth-first: all nodes on one block of images, then the next block. The blocks and the
+ * kernel calls on them depend only on n, so a pass from `first` repeats the exact
+ * arithmetic of a full pass. */
+void net_forward_from(const net *nt, int first, const net_acts *cached, net_acts *out, int n)
+{
+    QV_ASSERT(first >= 0 && first <= nt->count);
+    QV_ASSERT(n >= 1 && n <= cached->max_batch && n <= out->max_batch);
+    QV_ASSERT(cached->count == nt->count && out->count == nt->count && out->ws);
+    for (int b0 = 0; b0 < n; b0 += nt->block)
+        forward_block(nt, first, cached, out, b0, n - b0 < nt->block ? n - b0 : nt->block);
 }
 
 void net_forward(const net *nt, net_acts *a, const float *x, int n)
 {
     QV_ASSERT(n >= 1 && n <= a->max_batch);
-    op_nchw_to_cnhw(x, batch_of(nt->input, n), a->input);
+    size_t per = per_image(nt->input);
+    for (int b0 = 0; b0 < n; b0 += nt->block) {
+        int bn = n - b0 < nt->block ? n - b0 : nt->block;
+        op_nchw_to_cnhw(x + b0 * per, batch_of(nt->input, bn), a->input + b0 * per);
+    }
     net_forward_from(nt, 0, a, a, n);
-}
-
-const float *net_output_cnhw(const net *nt, const net_acts *a)
-{
-    return a->out[nt->count - 1];
 }
 
 void net_output(const net *nt, const net_acts *a, int n, float *y)
 {
-    op_cnhw_to_nchw(a->out[nt->count - 1], batch_of(net_output_dims(nt), n), y);
+    op_dims od = net_output_dims(nt);
+    size_t per = per_image(od);
+    const float *out = a->out[nt->count - 1];
+    for (int b0 = 0; b0 < n; b0 += nt->block) {
+        int bn = n - b0 < nt->block ? n - b0 : nt->block;
+        op_cnhw_to_nchw(out + b0 * per, batch_of(od, bn), y + b0 * per);
+    }
 }

@@ -1,10 +1,67 @@
+#define _POSIX_C_SOURCE 200809L /* setenv, execv */
 #include "qevo/ops.h"
 
 #include <cblas.h>
 #include <math.h>
+#include <stdbool.h>
+#include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <unistd.h>
 
 #include "qevo/util.h"
+
+/* The direct convolution kernel needs GCC/Clang's x86 intrinsics and function targets;
+ * elsewhere every conv takes the im2col + sgemm path. */
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define HAVE_DIRECT_CONV 1
+#else
+#define HAVE_DIRECT_CONV 0
+#endif
+
+/* ---- BLAS kernel selection ---- */
+
+/* Set in the environment of the re-executed process, so that it never re-executes again. */
+#define REEXEC_MARKER "QEVO_BLAS_REEXECUTED"
+
+static bool core_has_avx512_kernels(const char *core)
+{
+    static const char *const names[] = {"SkylakeX", "Cooperlake", "SapphireRapids"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (!strcasecmp(core, names[i]))
+            return true;
+    return false;
+}
+
+static bool cpu_has_avx512(void)
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_cpu_init();
+    /* The set OpenBLAS's SkylakeX kernels use; __builtin_cpu_supports also checks that the
+     * OS saves the AVX-512 registers. */
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512cd");
+#else
+    return false;
+#endif
+}
+
+void op_blas_select_kernels(char **argv)
+{
+    /* An explicit choice by the user wins, and a re-executed process must not loop. */
+    if (getenv("OPENBLAS_CORETYPE") || getenv(REEXEC_MARKER))
+        return;
+    const char *core = openblas_get_corename();
+    if (!core || core_has_avx512_kernels(core) || !cpu_has_avx512())
+        return;
+    if (setenv("OPENBLAS_CORETYPE", "SkylakeX", 1) || setenv(REEXEC_MARKER, "1", 1))
+        return;
+    execv("/proc/self/exe", argv);
+    /* exec failed (no /proc?): carry on with the kernels already loaded. */
+    unsetenv("OPENBLAS_CORETYPE");
+}
 
 /* Column buffers are sized to about this many floats (4 MiB): big enough for sgemm to
  * run at full speed, small enough to stay near the cache. */
@@ -39,7 +96,10 @@ static int is_pointwise(const op_conv *p)
 /* Images per chunk so that a chunk's columns hold about COL_TARGET_FLOATS. */
 static int chunk_images(size_t floats_per_image, int n)
 {
-    size_t nb = COL_TARGET_FLOATS / (floats_per_image ? floats_per_image : 1);
+    static size_t target = 0;
+    if (!target)
+        target = getenv("QEVO_COL") ? (size_t)atol(getenv("QEVO_COL")) : COL_TARGET_FLOATS;
+    size_t nb = target / (floats_per_image ? floats_per_image : 1);
     if (nb < 1)
         nb = 1;
     return nb < (size_t)n ? (int)nb : n;
@@ -56,8 +116,22 @@ static size_t convt_col_per_image(op_dims in, const op_conv *p)
     return (size_t)p->cout * p->kh * p->kw * in.h * in.w;
 }
 
+/* A pointwise conv has no column buffer; its chunks are sized by input plus output. */
+static size_t pointwise_per_image(op_dims in, const op_conv *p)
+{
+    return (size_t)(p->cin + p->cout) * in.h * in.w;
+}
+
+static bool use_direct(const op_conv *p);
+static size_t direct_per_image(op_dims in, const op_conv *p);
+static size_t direct_slack(const op_conv *p);
+
 size_t op_conv2d_workspace(op_dims in, const op_conv *p)
 {
+    if (use_direct(p)) {
+        size_t per = direct_per_image(in, p);
+        return per * (size_t)chunk_images(per, in.n) + direct_slack(p);
+    }
     if (is_pointwise(p))
         return 0;
     size_t per = conv_col_per_image(in, p);
@@ -75,26 +149,44 @@ static float sigmoidf(float v)
     return 1.0f / (1.0f + expf(-v));
 }
 
-/* y[i] = act(y[i] + bias) over one contiguous run. */
+/* y[i] = act(y[i] + bias) over one contiguous run (the reference kernels' epilogue). */
 static void bias_act(float *y, size_t count, float bias, op_act act)
 {
-    switch (act) {
-    case ACT_NONE:
-        if (bias != 0.0f)
-            for (size_t i = 0; i < count; i++)
-                y[i] += bias;
-        break;
-    case ACT_RELU:
-        for (size_t i = 0; i < count; i++) {
-            float v = y[i] + bias;
-            y[i] = v > 0.0f ? v : 0.0f;
-        }
-        break;
-    case ACT_SIGMOID:
-        for (size_t i = 0; i < count; i++)
-            y[i] = sigmoidf(y[i] + bias);
-        break;
+    for (size_t i = 0; i < count; i++) {
+        float v = y[i] + bias;
+        y[i] = act == ACT_RELU ? (v > 0.0f ? v : 0.0f) : act == ACT_SIGMOID ? sigmoidf(v) : v;
     }
+}
+
+/* The fast kernels' epilogue is split around a cblas_sgemm with beta = 1: the output is
+ * first filled with what the products are added to (bias, plus the residual of a fused
+ * add), and activated afterwards while it is still in cache. That saves sgemm's zeroing
+ * pass and a separate bias or add pass over memory. */
+
+/* Rows [0, rows) of y, `cols` floats each, row stride ldy: y = b[row] (0 if b is NULL)
+ * + r (same layout as y; may be NULL). */
+static void fill_rows(float *restrict y, size_t ldy, int rows, size_t cols,
+                      const float *restrict b, const float *restrict r)
+{
+    for (int i = 0; i < rows; i++) {
+        float *d = y + (size_t)i * ldy, v = b ? b[i] : 0.0f;
+        if (r) {
+            const float *s = r + (size_t)i * ldy;
+            for (size_t j = 0; j < cols; j++)
+                d[j] = s[j] + v;
+        } else {
+            for (size_t j = 0; j < cols; j++)
+                d[j] = v;
+        }
+    }
+}
+
+static void activate_rows(float *y, size_t ldy, int rows, size_t cols, op_act act)
+{
+    if (act == ACT_NONE)
+        return;
+    for (int i = 0; i < rows; i++)
+        op_activate(y + (size_t)i * ldy, cols, act);
 }
 
 /* First and last output index o in [0, n_out) with 0 <= o*s - pad + k < n_in; returns
@@ -109,19 +201,51 @@ static void valid_range(int n_out, int n_in, int s, int pad, int k, int *lo, int
     *hi = last < n_out - 1 ? last : n_out - 1;
 }
 
+/* One im2col row (c, ki, kj) of one image when stride and output width match the input
+ * (stride 1, "same" width): the output plane is the input plane shifted by `shift`, so it
+ * is one copy, after which the positions whose source lies in the padding are zeroed.
+ * [ylo, yhi] and [lo, hi]: the output rows and columns with a source inside the image. */
+static void shifted_plane(const float *src, op_dims o, int ylo, int yhi, int lo, int hi,
+                          ptrdiff_t shift, float *d)
+{
+    if (ylo > yhi || lo > hi) {
+        memset(d, 0, sizeof(float) * (size_t)o.h * o.w);
+        return;
+    }
+    size_t first = (size_t)ylo * o.w + lo, last = (size_t)yhi * o.w + hi;
+    memset(d, 0, sizeof(float) * first);
+    memcpy(d + first, src + first + shift, sizeof(float) * (last - first + 1));
+    memset(d + last + 1, 0, sizeof(float) * ((size_t)o.h * o.w - last - 1));
+    /* The copy wrapped around row ends: columns outside [lo, hi] got the neighbours. */
+    for (int oy = ylo; oy <= yhi; oy++) {
+        float *row = d + (size_t)oy * o.w;
+        for (int ox = 0; ox < lo; ox++)
+            row[ox] = 0.0f;
+        for (int ox = hi + 1; ox < o.w; ox++)
+            row[ox] = 0.0f;
+    }
+}
+
 /* Columns for images [n0, n0+nb): row (c, ki, kj), column (image, oy, ox). */
 static void im2col(const float *x, op_dims in, const op_conv *p, op_dims o, int n0, int nb,
                    float *col)
 {
     size_t hw = (size_t)in.h * in.w, ohw = (size_t)o.h * o.w;
+    bool same_width = p->sw == 1 && p->sh == 1 && o.w == in.w;
     for (int c = 0; c < in.c; c++)
         for (int ki = 0; ki < p->kh; ki++)
             for (int kj = 0; kj < p->kw; kj++) {
                 float *dst = col + (((size_t)c * p->kh + ki) * p->kw + kj) * nb * ohw;
-                int lo, hi;
+                int lo, hi, ylo, yhi;
                 valid_range(o.w, in.w, p->sw, p->pw, kj, &lo, &hi);
+                valid_range(o.h, in.h, p->sh, p->ph, ki, &ylo, &yhi);
                 for (int nl = 0; nl < nb; nl++) {
                     const float *src = x + ((size_t)c * in.n + n0 + nl) * hw;
+                    if (same_width) {
+                        ptrdiff_t shift = (ptrdiff_t)(ki - p->ph) * in.w + (kj - p->pw);
+                        shifted_plane(src, o, ylo, yhi, lo, hi, shift, dst + nl * ohw);
+                        continue;
+                    }
                     for (int oy = 0; oy < o.h; oy++) {
                         float *d = dst + ((size_t)nl * o.h + oy) * o.w;
                         int iy = oy * p->sh - p->ph + ki;
@@ -144,30 +268,249 @@ static void im2col(const float *x, op_dims in, const op_conv *p, op_dims o, int 
             }
 }
 
-void op_conv2d(const float *x, op_dims in, const op_conv *p, const float *w, const float *b,
-               op_act act, float *y, float *ws)
+/* ---- Direct convolution (stride 1, AVX-512) ----
+ *
+ * For convs with few channels, im2col + sgemm spends more time copying (im2col writes
+ * kh*kw copies of the input, sgemm packs them again) than multiplying. The direct kernel
+ * reads a zero-padded copy of the input instead. In the padded plane (hp x wp) of one
+ * image, output (oy, ox) of a stride-1 conv reads input q + ki*wp + kj for kernel tap
+ * (ki, kj), where q = oy*wp + ox. So over "q-space" (oh rows of wp positions, the last
+ * wp - ow of each row junk that is never stored) every tap is a shifted contiguous
+ * vector load, and a tile of DIRECT_OCB output channels x DIRECT_Q positions is
+ * accumulated in registers over all input channels and taps. */
+
+#define DIRECT_OCB 4  /* output channels per tile */
+#define DIRECT_QV 4   /* 16-float vectors per tile row */
+#define DIRECT_Q (16 * DIRECT_QV) /* q-space positions per tile */
+
+static bool direct_enabled = true;
+
+void op_set_direct_conv(bool enable)
+{
+    direct_enabled = enable;
+}
+
+static bool use_direct(const op_conv *p)
+{
+#if HAVE_DIRECT_CONV
+    return direct_enabled && p->sh == 1 && p->sw == 1 && !is_pointwise(p) &&
+           __builtin_cpu_supports("avx512f");
+#else
+    (void)p;
+    return false;
+#endif
+}
+
+/* Padded input floats per image. */
+static size_t direct_per_image(op_dims in, const op_conv *p)
+{
+    return (size_t)p->cin * (in.h + 2 * p->ph) * (in.w + 2 * p->pw);
+}
+
+/* Floats after the last padded plane that tiles over-read: q-space is rounded up to
+ * whole tiles, and the last tap reads kw - 1 further (see direct_image). */
+static size_t direct_slack(const op_conv *p)
+{
+    return DIRECT_Q + (size_t)p->kw;
+}
+
+/* Geometry of one chunk of padded images, (cin, nb, hp, wp). */
+typedef struct {
+    int cin, kh, kw;
+    int wp;       /* padded row length: q-space's row stride */
+    size_t plane; /* hp * wp */
+    size_t chan;  /* floats between input channels: nb * plane */
+    int oh, ow;
+    int nq;       /* q-space positions per image: oh * wp */
+} direct_geom;
+
+/* xp (cin, nb, hp, wp) = images [n0, n0 + nb) of x with zeros around each plane, then
+ * direct_slack() zeros for the over-reads. */
+static void pad_images(const float *x, op_dims in, const op_conv *p, int n0, int nb,
+                       const direct_geom *g, float *xp)
+{
+    size_t hw = (size_t)in.h * in.w;
+    for (int c = 0; c < in.c; c++)
+        for (int nl = 0; nl < nb; nl++) {
+            const float *src = x + ((size_t)c * in.n + n0 + nl) * hw;
+            float *d = xp + (size_t)c * g->chan + (size_t)nl * g->plane;
+            size_t pad_rows = (size_t)p->ph * g->wp;
+            memset(d, 0, sizeof(float) * pad_rows);
+            for (int iy = 0; iy < in.h; iy++) {
+                float *row = d + pad_rows + (size_t)iy * g->wp;
+                for (int k = 0; k < p->pw; k++)
+                    row[k] = row[p->pw + in.w + k] = 0.0f;
+                memcpy(row + p->pw, src + (size_t)iy * in.w, sizeof(float) * (size_t)in.w);
+            }
+            memset(d + g->plane - pad_rows, 0, sizeof(float) * pad_rows);
+        }
+    memset(xp + (size_t)in.c * g->chan, 0, sizeof(float) * direct_slack(p));
+}
+
+#if HAVE_DIRECT_CONV
+/* Stores q-space positions [q0, q1) of one output channel of one image from tile row t:
+ * y = act(t + r) at the positions that are outputs (ox < ow). y, r: the channel's plane. */
+__attribute__((target("avx512f"))) static void
+direct_store(const float *t, const direct_geom *g, int q0, int q1, const float *r, op_act act,
+             float *y)
+{
+    for (int q = q0; q < q1;) {
+        int oy = q / g->wp, ox = q % g->wp;
+        int run = g->wp - ox < q1 - q ? g->wp - ox : q1 - q;
+        int valid = ox >= g->ow ? 0 : g->ow - ox < run ? g->ow - ox : run;
+        size_t at = (size_t)oy * g->ow + ox;
+        const float *s = t + (q - q0);
+        for (int i = 0; i < valid; i += 16) {
+            __mmask16 m = valid - i >= 16 ? 0xffff : (__mmask16)((1u << (valid - i)) - 1);
+            __m512 v = _mm512_maskz_loadu_ps(m, s + i);
+            if (r)
+                v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, r + at + i));
+            if (act == ACT_RELU)
+                v = _mm512_max_ps(v, _mm512_setzero_ps()); /* = v > 0 ? v : 0, NaN -> 0 */
+            _mm512_mask_storeu_ps(y + at + i, m, v);
+        }
+        if (act == ACT_SIGMOID)
+            op_activate(y + at, (size_t)valid, act);
+        q += run;
+    }
+}
+
+/* tile (ocb rows of DIRECT_Q) = bias + the products of output channels [oc0, oc0 + ocb)
+ * at q-space positions [q0, q0 + DIRECT_Q) of the image whose padded planes start at xp.
+ * Inlined with a constant ocb, so the accumulators live in registers. */
+static inline __attribute__((always_inline, target("avx512f"))) void
+direct_tile(const float *xp, const direct_geom *g, const float *w, const float *b, int oc0,
+            const int ocb, int q0, float *tile)
+{
+    size_t k = (size_t)g->cin * g->kh * g->kw;
+    __m512 acc[DIRECT_OCB][DIRECT_QV];
+#pragma GCC unroll 4
+    for (int o = 0; o < ocb; o++)
+#pragma GCC unroll 4
+        for (int j = 0; j < DIRECT_QV; j++)
+            acc[o][j] = _mm512_set1_ps(b ? b[oc0 + o] : 0.0f);
+    for (int ic = 0; ic < g->cin; ic++)
+        for (int ki = 0; ki < g->kh; ki++)
+            for (int kj = 0; kj < g->kw; kj++) {
+                const float *xr = xp + ic * g->chan + (size_t)ki * g->wp + kj + q0;
+                const float *wr = w + oc0 * k + ((size_t)ic * g->kh + ki) * g->kw + kj;
+                __m512 v[DIRECT_QV];
+#pragma GCC unroll 4
+                for (int j = 0; j < DIRECT_QV; j++)
+                    v[j] = _mm512_loadu_ps(xr + 16 * j);
+#pragma GCC unroll 4
+                for (int o = 0; o < ocb; o++) {
+                    __m512 wv = _mm512_set1_ps(wr[o * k]);
+#pragma GCC unroll 4
+                    for (int j = 0; j < DIRECT_QV; j++)
+                        acc[o][j] = _mm512_fmadd_ps(wv, v[j], acc[o][j]);
+                }
+            }
+#pragma GCC unroll 4
+    for (int o = 0; o < ocb; o++)
+#pragma GCC unroll 4
+        for (int j = 0; j < DIRECT_QV; j++)
+            _mm512_store_ps(tile + o * DIRECT_Q + 16 * j, acc[o][j]);
+}
+
+/* One image: y, r (cout planes of oh*ow, ldy apart) = act(conv + b + r). Tiles cover
+ * q-space in steps of DIRECT_Q, reading at most DIRECT_Q - 1 positions past the last
+ * one, plus the last tap's (kh-1)*wp + kw-1: that stays within the image's planes (hp
+ * rows) but for kw - 1 + DIRECT_Q floats, hence direct_slack(). */
+__attribute__((target("avx512f"))) static void
+direct_image(const float *xp, const direct_geom *g, const float *w, const float *b, int cout,
+             const float *r, op_act act, float *y, size_t ldy)
+{
+    float tile[DIRECT_OCB * DIRECT_Q] __attribute__((aligned(64)));
+    for (int q0 = 0; q0 < g->nq; q0 += DIRECT_Q) {
+        int q1 = g->nq - q0 < DIRECT_Q ? g->nq : q0 + DIRECT_Q;
+        for (int oc0 = 0; oc0 < cout;) {
+            int ocb = cout - oc0 >= DIRECT_OCB ? DIRECT_OCB : 1;
+            if (ocb == DIRECT_OCB)
+                direct_tile(xp, g, w, b, oc0, DIRECT_OCB, q0, tile);
+            else
+                direct_tile(xp, g, w, b, oc0, 1, q0, tile);
+            for (int o = 0; o < ocb; o++) {
+                size_t c = (size_t)(oc0 + o) * ldy;
+                direct_store(tile + o * DIRECT_Q, g, q0, q1, r ? r + c : NULL, act, y + c);
+            }
+            oc0 += ocb;
+        }
+    }
+}
+#endif
+
+/* The direct path of conv2d (use_direct): chunks of images are padded into ws, then
+ * convolved image by image. */
+static void conv2d_direct(const float *x, op_dims in, const op_conv *p, const float *w,
+                          const float *b, const float *r, op_act act, float *y, float *ws)
+{
+#if HAVE_DIRECT_CONV
+    op_dims o = op_conv2d_out(in, p);
+    size_t ohw = (size_t)o.h * o.w, ldy = (size_t)in.n * ohw;
+    int hp = in.h + 2 * p->ph, wp = in.w + 2 * p->pw;
+    int chunk = chunk_images(direct_per_image(in, p), in.n);
+    for (int n0 = 0; n0 < in.n; n0 += chunk) {
+        int nb = in.n - n0 < chunk ? in.n - n0 : chunk;
+        direct_geom g = {p->cin, p->kh, p->kw, wp, (size_t)hp * wp, (size_t)nb * hp * wp,
+                         o.h, o.w, o.h * wp};
+        pad_images(x, in, p, n0, nb, &g, ws);
+        for (int nl = 0; nl < nb; nl++) {
+            size_t off = (size_t)(n0 + nl) * ohw;
+            direct_image(ws + (size_t)nl * g.plane, &g, w, b, p->cout, r ? r + off : NULL,
+                         act, y + off, ldy);
+        }
+    }
+#else
+    (void)x, (void)in, (void)p, (void)w, (void)b, (void)r, (void)act, (void)y, (void)ws;
+    QV_ASSERT(0);
+#endif
+}
+
+/* y = act(conv(x) + b + r), r NULL or shaped like y. Works on chunks of images: each
+ * chunk's columns (im2col, or x itself for a pointwise conv) go through one sgemm into a
+ * prefilled output that is activated right away. */
+static void conv2d(const float *x, op_dims in, const op_conv *p, const float *w, const float *b,
+                   const float *r, op_act act, float *y, float *ws)
 {
     QV_ASSERT(in.c == p->cin);
+    if (use_direct(p)) {
+        conv2d_direct(x, in, p, w, b, r, act, y, ws);
+        return;
+    }
     op_dims o = op_conv2d_out(in, p);
     size_t ohw = (size_t)o.h * o.w, ldy = (size_t)in.n * ohw;
     int k = p->cin * p->kh * p->kw;
-    if (is_pointwise(p)) {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, p->cout, (int)ldy, k, 1.0f, w,
-                    k, x, (int)ldy, 0.0f, y, (int)ldy);
-        for (int co = 0; co < p->cout; co++)
-            bias_act(y + co * ldy, ldy, b ? b[co] : 0.0f, act);
-        return;
-    }
-    int chunk = chunk_images(conv_col_per_image(in, p), in.n);
+    bool pointwise = is_pointwise(p);
+    int chunk = chunk_images(pointwise ? pointwise_per_image(in, p) : conv_col_per_image(in, p),
+                             in.n);
     for (int n0 = 0; n0 < in.n; n0 += chunk) {
         int nb = in.n - n0 < chunk ? in.n - n0 : chunk;
-        size_t cols = (size_t)nb * ohw;
-        im2col(x, in, p, o, n0, nb, ws);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, p->cout, (int)cols, k, 1.0f,
-                    w, k, ws, (int)cols, 0.0f, y + (size_t)n0 * ohw, (int)ldy);
-        for (int co = 0; co < p->cout; co++)
-            bias_act(y + co * ldy + (size_t)n0 * ohw, cols, b ? b[co] : 0.0f, act);
+        size_t cols = (size_t)nb * ohw, off = (size_t)n0 * ohw;
+        const float *col = x + off;
+        size_t ldcol = ldy;
+        if (!pointwise) {
+            im2col(x, in, p, o, n0, nb, ws);
+            col = ws;
+            ldcol = cols;
+        }
+        fill_rows(y + off, ldy, p->cout, cols, b, r ? r + off : NULL);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, p->cout, (int)cols, k, 1.0f, w,
+                    k, col, (int)ldcol, 1.0f, y + off, (int)ldy);
+        activate_rows(y + off, ldy, p->cout, cols, act);
     }
+}
+
+void op_conv2d(const float *x, op_dims in, const op_conv *p, const float *w, const float *b,
+               op_act act, float *y, float *ws)
+{
+    conv2d(x, in, p, w, b, NULL, act, y, ws);
+}
+
+void op_conv2d_add(const float *x, op_dims in, const op_conv *p, const float *w,
+                   const float *b, const float *r, op_act act, float *y, float *ws)
+{
+    conv2d(x, in, p, w, b, r, act, y, ws);
 }
 
 void op_conv2d_ref(const float *x, op_dims in, const op_conv *p, const float *w,
@@ -192,6 +535,15 @@ void op_conv2d_ref(const float *x, op_dims in, const op_conv *p, const float *w,
                     *d = s;
                     bias_act(d, 1, b ? b[co] : 0.0f, act);
                 }
+}
+
+void op_conv2d_add_ref(const float *x, op_dims in, const op_conv *p, const float *w,
+                       const float *b, const float *r, op_act act, float *y)
+{
+    op_dims o = op_conv2d_out(in, p);
+    size_t count = (size_t)o.c * o.n * o.h * o.w;
+    op_conv2d_ref(x, in, p, w, b, ACT_NONE, y);
+    op_add_ref(y, r, count, act, y);
 }
 
 /* Adds the columns of images [n0, n0+nb) into y: row (co, ki, kj), column (image, iy, ix)
@@ -239,11 +591,10 @@ void op_convt2d(const float *x, op_dims in, const op_conv *p, const float *w, co
         size_t cols = (size_t)nb * hw;
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, m, (int)cols, p->cin, 1.0f, w, m,
                     x + (size_t)n0 * hw, (int)ldx, 0.0f, ws, (int)cols);
-        for (int co = 0; co < p->cout; co++)
-            memset(y + ((size_t)co * in.n + n0) * ohw, 0, sizeof(float) * nb * ohw);
+        float *yc = y + (size_t)n0 * ohw;
+        fill_rows(yc, (size_t)in.n * ohw, p->cout, nb * ohw, b, NULL);
         col2im_add(ws, in, p, o, n0, nb, y);
-        for (int co = 0; co < p->cout; co++)
-            bias_act(y + ((size_t)co * in.n + n0) * ohw, nb * ohw, b ? b[co] : 0.0f, act);
+        activate_rows(yc, (size_t)in.n * ohw, p->cout, nb * ohw, act);
     }
 }
 
@@ -277,10 +628,10 @@ void op_convt2d_ref(const float *x, op_dims in, const op_conv *p, const float *w
 void op_linear(const float *x, int in, int n, const float *w, const float *b, int out,
                op_act act, float *y)
 {
+    fill_rows(y, (size_t)n, out, (size_t)n, b, NULL);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, out, n, in, 1.0f, w, in, x, n,
-                0.0f, y, n);
-    for (int o = 0; o < out; o++)
-        bias_act(y + (size_t)o * n, (size_t)n, b ? b[o] : 0.0f, act);
+                1.0f, y, n);
+    activate_rows(y, (size_t)n, out, (size_t)n, act);
 }
 
 void op_linear_ref(const float *x, int in, int n, const float *w, const float *b, int out,
@@ -439,7 +790,18 @@ void op_add_ref(const float *a, const float *b, size_t count, op_act act, float 
 
 void op_activate(float *x, size_t count, op_act act)
 {
-    bias_act(x, count, 0.0f, act);
+    switch (act) {
+    case ACT_NONE:
+        break;
+    case ACT_RELU:
+        for (size_t i = 0; i < count; i++)
+            x[i] = x[i] > 0.0f ? x[i] : 0.0f;
+        break;
+    case ACT_SIGMOID:
+        for (size_t i = 0; i < count; i++)
+            x[i] = sigmoidf(x[i]);
+        break;
+    }
 }
 
 void op_activate_ref(float *x, size_t count, op_act act)

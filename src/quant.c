@@ -266,3 +266,66 @@ int quant_save(const quant *q, const net *nt, const int8_t *codes, const char *p
     st_writer_free(w);
     return rc;
 }
+
+/* Checks one layer of a quantized file against q and copies its codes. */
+static int load_layer_codes(const quant_layer *ql, const net_node *nd, const st_file *f,
+                            json_t *entry, int8_t *codes, qv_err *err)
+{
+    const char *path = st_path(f);
+    json_t *bits = json_object_get(entry, "bits");
+    json_t *cname = json_object_get(entry, "codes"), *sname = json_object_get(entry, "scales");
+    if (!json_is_integer(bits) || !json_is_string(cname) || !json_is_string(sname))
+        return qv_fail(err, "%s: qevo.quant: layer '%s' needs \"bits\", \"codes\" and "
+                       "\"scales\"", path, nd->name);
+    if (json_integer_value(bits) != ql->bits)
+        return qv_fail(err, "%s: layer '%s' is quantized to %lld bits, but this run's "
+                       "quantizer gives it %d bits", path, nd->name,
+                       (long long)json_integer_value(bits), ql->bits);
+    int64_t shape[4], sshape[1] = {ql->channels};
+    for (int d = 0; d < nd->wndim; d++)
+        shape[d] = nd->wshape[d];
+    const st_tensor *c = st_expect(f, json_string_value(cname), ST_I8, nd->wndim, shape, err);
+    const st_tensor *sc = c ? st_expect(f, json_string_value(sname), ST_F32, 1, sshape, err)
+                            : NULL;
+    if (!sc)
+        return qv_wrap(err, "layer '%s'", nd->name), -1;
+    if (memcmp(sc->data, ql->scales, sizeof(float) * (size_t)ql->channels) != 0)
+        return qv_fail(err, "%s: layer '%s': scales differ from this run's quantizer (was the "
+                       "file made from another model or with other quantizer settings?)",
+                       path, nd->name);
+    const int8_t *src = c->data;
+    for (size_t i = 0; i < ql->wcount; i++)
+        if (src[i] > ql->qmax || src[i] < -ql->qmax)
+            return qv_fail(err, "%s: layer '%s': code %d at index %zu is outside [-%d, %d]",
+                           path, nd->name, src[i], i, ql->qmax, ql->qmax);
+    memcpy(codes + ql->woff, src, ql->wcount);
+    return 0;
+}
+
+int quant_load_codes(const quant *q, const net *nt, const char *path, int8_t *codes,
+                     qv_err *err)
+{
+    st_file *f;
+    if (st_open(path, &f, err))
+        return -1;
+    const char *meta = st_meta(f, "qevo.quant");
+    json_t *j = meta ? json_loads(meta, 0, NULL) : NULL;
+    json_t *layers = json_object_get(j, "layers");
+    int rc = 0;
+    if (!json_is_object(layers))
+        rc = qv_fail(err, "%s: no valid qevo.quant metadata: not a quantized qevo model", path);
+    if (rc == 0 && (int)json_object_size(layers) != q->count)
+        rc = qv_fail(err, "%s: quantizes %zu layers, the model has %d conv/linear layers", path,
+                     json_object_size(layers), q->count);
+    for (int k = 0; k < q->count && rc == 0; k++) {
+        const net_node *nd = net_node_at(nt, q->layers[k].node);
+        json_t *entry = json_object_get(layers, nd->name);
+        if (!entry)
+            rc = qv_fail(err, "%s: has no codes for layer '%s'", path, nd->name);
+        else
+            rc = load_layer_codes(&q->layers[k], nd, f, entry, codes, err);
+    }
+    json_decref(j);
+    st_close(f);
+    return rc;
+}

@@ -1,8 +1,11 @@
 /* net: the layer graph of a model file, planned for execution, and forward passes.
  *
- * At load time batch-norm layers are folded into the convolution before them and
- * ReLU/sigmoid layers are fused into the producer before them (when it has no other
- * consumer), so the executed graph is a list of nodes, each one kernel call. Every
+ * At load time batch-norm layers are folded into the convolution before them, an add
+ * (a ResNet block's residual sum) is fused into the conv2d computed just before it when
+ * it reads that conv's output and nothing else does, and ReLU/sigmoid layers are fused
+ * into the producer before them (when it has no other consumer), so the executed graph
+ * is a list of nodes, each one kernel call. A conv2d node with a fused add keeps its own
+ * name and weights; the add layer's name finds it (net_find). Every
  * weight of every conv2d / convtranspose2d / linear node lives in one contiguous buffer
  * (net_weights); a quantization state is an array of codes over the same index space. */
 #ifndef QEVO_NET_H
@@ -42,11 +45,14 @@ typedef enum { NET_CLASSIFY, NET_RECONSTRUCT } net_task;
 typedef struct {
     char *name;      /* the file's layer name */
     char *bn_name;   /* folded batch-norm layer, or NULL */
+    char *add_name;  /* conv2d only: fused residual add layer, or NULL (see below) */
     char *act_name;  /* fused activation layer, or NULL */
     net_op op;
     op_act act;      /* fused activation */
     int ninputs;
-    int inputs[2];   /* node indices, or NET_INPUT */
+    int inputs[2];   /* node indices, or NET_INPUT; a conv2d with a fused add has two:
+                      * out = act(conv(inputs[0]) + bias + inputs[1]) */
+    int add_slot;    /* fused add: the conv's position (0 or 1) in the add's inputs */
     op_dims in;      /* shape of the (first) input for one image (n = 1) */
     op_dims out;     /* shape of the output for one image (n = 1) */
     union {
@@ -141,8 +147,5 @@ void net_forward_from(const net *nt, int first, const net_acts *cached, net_acts
 
 /* The output of the last forward pass in a (for n images) as (n, C*H*W), row-major. */
 void net_output(const net *nt, const net_acts *a, int n, float *y);
-/* Direct access to the output node's buffer in CNHW layout: (C*H*W, n) for a flat
- * output. */
-const float *net_output_cnhw(const net *nt, const net_acts *a);
 
 #endif

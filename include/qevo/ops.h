@@ -8,7 +8,20 @@
 #ifndef QEVO_OPS_H
 #define QEVO_OPS_H
 
+#include <stdbool.h>
 #include <stddef.h>
+
+/* Picks OpenBLAS's fastest sgemm kernels; call it first thing in main(), before MPI_Init
+ * and before any thread starts. Some OpenBLAS builds (Debian's 0.3.21 among them) take an
+ * AVX-512 CPU they do not know, such as AMD Zen 4, for a Haswell and use AVX2 kernels at
+ * about half the speed. OpenBLAS picks its kernels in a constructor that runs before
+ * main(), from the environment variable OPENBLAS_CORETYPE, so this sets
+ * OPENBLAS_CORETYPE=SkylakeX and re-executes the program (/proc/self/exe with the same
+ * argv, once) when: OPENBLAS_CORETYPE is unset, OpenBLAS reports a core without AVX-512
+ * kernels, and the CPU and OS support AVX-512 F/BW/DQ/VL/CD. Users override it by setting
+ * OPENBLAS_CORETYPE themselves (e.g. OPENBLAS_CORETYPE=Haswell). Returns normally when
+ * nothing needs to change or the re-exec fails. argv: main's argv, NULL-terminated. */
+void op_blas_select_kernels(char **argv);
 
 /* Shape of a CNHW activation. */
 typedef struct {
@@ -42,11 +55,23 @@ size_t op_conv2d_workspace(op_dims in, const op_conv *p);
 size_t op_convt2d_workspace(op_dims in, const op_conv *p);
 
 /* y (cout, N, OH, OW) = act(conv(x) + b). w: (cout, cin*kh*kw); b: (cout) or NULL.
- * im2col + cblas_sgemm per chunk of images; 1x1 stride-1 unpadded convs use x directly. */
+ * im2col + cblas_sgemm per chunk of images; 1x1 stride-1 unpadded convs use x directly.
+ * Other stride-1 convs use a direct AVX-512 kernel when the CPU has AVX-512F. */
 void op_conv2d(const float *x, op_dims in, const op_conv *p, const float *w, const float *b,
                op_act act, float *y, float *ws);
 void op_conv2d_ref(const float *x, op_dims in, const op_conv *p, const float *w,
                    const float *b, op_act act, float *y);
+/* A conv2d fused with the residual add after it (ResNet blocks): y = act(conv(x) + b + r),
+ * r (cout, N, OH, OW) shaped like y; x, r and y must not overlap. Same workspace as
+ * op_conv2d. */
+void op_conv2d_add(const float *x, op_dims in, const op_conv *p, const float *w,
+                   const float *b, const float *r, op_act act, float *y, float *ws);
+void op_conv2d_add_ref(const float *x, op_dims in, const op_conv *p, const float *w,
+                       const float *b, const float *r, op_act act, float *y);
+
+/* For tests and benchmarks: false makes op_conv2d use im2col + sgemm also where it
+ * would use the direct kernel (default true). Not thread-safe: set it before any pass. */
+void op_set_direct_conv(bool enable);
 
 /* Transposed convolution (PyTorch ConvTranspose2d, groups 1). w: (cin, cout*kh*kw). */
 void op_convt2d(const float *x, op_dims in, const op_conv *p, const float *w, const float *b,

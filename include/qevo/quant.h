@@ -64,6 +64,14 @@ void quant_apply(const quant *q, net *nt, const int8_t *codes);
 void quant_apply_at(const quant *q, net *nt, const int8_t *codes, const uint32_t *idx,
                     size_t count);
 
+/* Reads the codes of a quantized model file (docs/FORMAT.md: written by qevo, by
+ * scripts/adaround.py, ...) into codes (quant_size). The file must quantize the same
+ * layers with the same bits and scales as q (same model and quantizer settings); codes
+ * must be within the code range. Returns 0, or -1 with a message naming the file and
+ * the layer. */
+int quant_load_codes(const quant *q, const net *nt, const char *path, int8_t *codes,
+                     qv_err *err);
+
 /* Writes a quantized model (docs/FORMAT.md): the folded graph, dequantized weights,
  * biases, scales, int8 codes and the quantizer settings, atomically. */
 int quant_save(const quant *q, const net *nt, const int8_t *codes, const char *path,

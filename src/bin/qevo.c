@@ -261,6 +261,16 @@ static void format_dims(char *buf, size_t n, op_dims d)
         snprintf(buf, n, "(%d, %d, %d)", d.c, d.h, d.w);
 }
 
+/* "+bn +add +relu": the layers folded or fused into a node. */
+static void fused_names(const net_node *nd, char *buf, size_t n)
+{
+    const char *names[3] = {nd->bn_name, nd->add_name, nd->act_name};
+    buf[0] = '\0';
+    for (int k = 0; k < 3; k++)
+        if (names[k])
+            snprintf(buf + strlen(buf), n - strlen(buf), "%s+%s", buf[0] ? " " : "", names[k]);
+}
+
 static int cmd_inspect(const options *o)
 {
     qv_err err;
@@ -280,18 +290,20 @@ static int cmd_inspect(const options *o)
            buf);
     for (int c = 0; c < in.c; c++)
         printf(" %.4g/%.4g", net_mean(nt)[c], net_std(nt)[c]);
-    printf("\n\n%3s  %-22s %-16s %-26s %-15s %10s %10s\n", "#", "node", "op", "folded/fused",
-           "output", "weights", "MFLOP");
+    char fused[256];
+    int width = 12; /* of the folded/fused column */
+    for (int i = 0; i < net_node_count(nt); i++) {
+        fused_names(net_node_at(nt, i), fused, sizeof fused);
+        width = (int)strlen(fused) > width ? (int)strlen(fused) : width;
+    }
+    printf("\n\n%3s  %-22s %-16s %-*s %-15s %10s %10s\n", "#", "node", "op", width,
+           "folded/fused", "output", "weights", "MFLOP");
     for (int i = 0; i < net_node_count(nt); i++) {
         const net_node *nd = net_node_at(nt, i);
-        char fused[256] = "";
-        if (nd->bn_name)
-            snprintf(fused, sizeof fused, "+%s ", nd->bn_name);
-        if (nd->act_name)
-            snprintf(fused + strlen(fused), sizeof fused - strlen(fused), "+%s", nd->act_name);
+        fused_names(nd, fused, sizeof fused);
         format_dims(buf, sizeof buf, nd->out);
-        printf("%3d  %-22s %-16s %-26s %-15s %10zu %10.3f\n", i, nd->name, net_op_name(nd->op),
-               fused, buf, nd->wcount, nd->flops / 1e6);
+        printf("%3d  %-22s %-16s %-*s %-15s %10zu %10.3f\n", i, nd->name, net_op_name(nd->op),
+               width, fused, buf, nd->wcount, nd->flops / 1e6);
     }
     printf("\n%zu weights (quantizable), %zu biases, %.2f MFLOP per image\n",
            net_weight_count(nt), net_bias_count(nt), net_flops(nt) / 1e6);
@@ -301,6 +313,7 @@ static int cmd_inspect(const options *o)
 
 int main(int argc, char **argv)
 {
+    op_blas_select_kernels(argv);
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") ||
         !strcmp(argv[1], "help")) {
         fputs(usage, argc < 2 ? stderr : stdout);

@@ -57,12 +57,17 @@ static op_conv random_conv(int cin, int transpose)
     return p;
 }
 
+/* op_conv2d and op_conv2d_add against their references, on the direct kernel (where the
+ * CPU and shape allow it) and on im2col + sgemm. */
 static void test_conv2d(int trial)
 {
     op_dims in = {rand_in(1, 9), rand_in(1, 5), rand_in(1, 17), rand_in(1, 17)};
     op_conv p = random_conv(in.c, 0);
     if (trial % 5 == 0) /* pointwise path */
         p.kh = p.kw = p.sh = p.sw = 1, p.ph = p.pw = 0;
+    if (trial % 5 == 1) /* "same" convs: the common case, wide images span several tiles */
+        in.w = rand_in(1, 80), p.sh = p.sw = 1, p.kh = p.kw = 1 + 2 * rand_in(0, 2),
+        p.ph = p.pw = p.kh / 2;
     if (trial % 7 == 0) /* many images: several chunks */
         in.n = 300, in.h = in.w = 30, in.c = p.cin = 3, p.kh = p.kw = 5, p.sh = p.sw = 1,
         p.ph = p.pw = 2;
@@ -70,17 +75,28 @@ static void test_conv2d(int trial)
         return;
     op_dims o = op_conv2d_out(in, &p);
     float *x = random_buf(numel(in)), *w = random_buf((size_t)p.cout * p.cin * p.kh * p.kw);
-    float *b = trial % 2 ? random_buf((size_t)p.cout) : NULL;
+    float *b = trial % 2 ? random_buf((size_t)p.cout) : NULL, *res = random_buf(numel(o));
     float *y = random_buf(numel(o)), *yr = random_buf(numel(o));
-    float *ws = random_buf(op_conv2d_workspace(in, &p));
     op_act act = (op_act)(trial % 3);
-    op_conv2d(x, in, &p, w, b, act, y, ws);
-    op_conv2d_ref(x, in, &p, w, b, act, yr);
-    double d = max_rel_diff(y, yr, numel(o));
-    CHECKF(d < 1e-5, "conv2d c%d n%d %dx%d -> %d k%dx%d s%dx%d p%dx%d: diff %g", in.c, in.n,
-           in.h, in.w, p.cout, p.kh, p.kw, p.sh, p.sw, p.ph, p.pw, d);
+    for (int direct = 0; direct < 2; direct++) {
+        op_set_direct_conv(direct);
+        float *ws = random_buf(op_conv2d_workspace(in, &p));
+        op_conv2d(x, in, &p, w, b, act, y, ws);
+        op_conv2d_ref(x, in, &p, w, b, act, yr);
+        double d = max_rel_diff(y, yr, numel(o));
+        CHECKF(d < 1e-5, "conv2d%s c%d n%d %dx%d -> %d k%dx%d s%dx%d p%dx%d: diff %g",
+               direct ? "" : " (im2col)", in.c, in.n, in.h, in.w, p.cout, p.kh, p.kw, p.sh,
+               p.sw, p.ph, p.pw, d);
+        op_conv2d_add(x, in, &p, w, b, res, act, y, ws);
+        op_conv2d_add_ref(x, in, &p, w, b, res, act, yr);
+        d = max_rel_diff(y, yr, numel(o));
+        CHECKF(d < 1e-5, "conv2d_add%s c%d n%d %dx%d -> %d k%dx%d s%dx%d p%dx%d: diff %g",
+               direct ? "" : " (im2col)", in.c, in.n, in.h, in.w, p.cout, p.kh, p.kw, p.sh,
+               p.sw, p.ph, p.pw, d);
+        qv_free_aligned(ws);
+    }
     qv_free_aligned(x), qv_free_aligned(w), qv_free_aligned(b), qv_free_aligned(y);
-    qv_free_aligned(yr), qv_free_aligned(ws);
+    qv_free_aligned(yr), qv_free_aligned(res);
 }
 
 static void test_convt2d(int trial)
@@ -187,12 +203,13 @@ static void test_known_values(void)
 {
     op_dims in = {1, 1, 3, 3};
     op_conv p = {1, 1, 3, 3, 1, 1, 1, 1, 0, 0};
-    float x[9], w[9], y[9], ws[81];
+    float x[9], w[9], y[9], *ws = random_buf(op_conv2d_workspace(in, &p));
     for (int i = 0; i < 9; i++)
         x[i] = w[i] = 1.0f;
     op_conv2d(x, in, &p, w, NULL, ACT_NONE, y, ws);
     const float expect[9] = {4, 6, 4, 6, 9, 6, 4, 6, 4};
     CHECK(memcmp(y, expect, sizeof expect) == 0);
+    qv_free_aligned(ws);
 
     op_dims tin = {1, 1, 2, 2};
     op_conv t = {1, 1, 2, 2, 2, 2, 0, 0, 0, 0};

@@ -1,0 +1,133 @@
+/* evo: one island of the evolution strategy over quantization states. No MPI here:
+ * island.c moves states between islands; this module breeds, scores and selects.
+ *
+ * A genome is an int8 code per weight over the net's flat weight space. Offspring are
+ * scored on the island's fitness batch by running the network only from the first node
+ * their changes touch, on the cut-node activations cached for their parent
+ * (net_acts_create_cache); a memory bound limits how many parents keep a cache. */
+#ifndef QEVO_EVO_H
+#define QEVO_EVO_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "qevo/config.h"
+#include "qevo/data.h"
+#include "qevo/fitness.h"
+#include "qevo/net.h"
+#include "qevo/quant.h"
+#include "qevo/rng.h"
+
+/* Images prepared for scoring once: normalised inputs plus what the fitness needs. */
+typedef struct {
+    int count;
+    float *x;        /* (count, C, H, W) normalised */
+    int32_t *labels; /* (count), classifiers */
+    float *teacher;  /* (count, classes) log-probabilities of the float model, classifiers */
+    float *target;   /* (count, C*H*W) the images in [0, 1], autoencoders */
+} evo_images;
+
+/* Prepares images idx[0..count) of ds. The float teacher's outputs are computed with the
+ * quantizer's reference weights; nt's weights are restored afterwards. */
+void evo_images_prepare(evo_images *im, const data_set *ds, const int *idx, int count,
+                        net *nt, const quant *q, int eval_batch);
+void evo_images_free(evo_images *im);
+
+/* Scores `codes` on all of im by full forward passes (weights applied to nt). If
+ * per_image is not NULL it receives, per image, 1/0 for a correct/wrong label
+ * (classifiers) or the image's mean squared error (autoencoders), for paired tests. */
+fit_totals evo_score(net *nt, const quant *q, const int8_t *codes, const evo_images *im,
+                     net_acts *work, float *per_image);
+
+/* The selection key of a score under a fitness kind: lower is better, compared
+ * lexicographically (accuracy is ranked by correct images, then cross-entropy). */
+typedef struct {
+    double k[2];
+} evo_key;
+evo_key evo_key_of(fit_kind kind, const fit_totals *t);
+int evo_key_cmp(evo_key a, evo_key b);
+/* The score in its natural unit: KL or cross-entropy (nats), accuracy (share), MSE,
+ * PSNR (dB). */
+double evo_value(fit_kind kind, const fit_totals *t);
+
+/* A change of a genome: weight `idx` takes `code`. States travel between islands as
+ * lists of changes from the start state. */
+typedef struct {
+    uint32_t idx;
+    int8_t code;
+} evo_change;
+/* Writes the positions where codes differ from base (ascending); returns their count.
+ * out must hold n entries (or be NULL to only count). */
+size_t evo_diff(const int8_t *base, const int8_t *codes, size_t n, evo_change *out);
+void evo_patch(int8_t *codes, const evo_change *changes, size_t count);
+
+/* Per-weight facts the operators need: ratio w/s, its floor and the nearest code. */
+typedef struct {
+    size_t n;
+    float *ratio;    /* w / s */
+    int8_t *lo;      /* floor(w / s), clamped to the code range */
+    int8_t *nearest; /* the nearest-rounding code */
+    float *closeness; /* 1 at a rounding boundary (frac = 0.5), 0 on a state */
+} evo_weights;
+void evo_weights_init(evo_weights *w, const quant *q);
+void evo_weights_free(evo_weights *w);
+
+/* Mutation of `codes` in place by the configured operator; writes the changed indices
+ * to changed (capacity n) and returns their count (>= 1 unless no weight can move).
+ * Codes stay in [-qmax, qmax] and within max_shift of nearest. */
+size_t evo_mutate(const config *c, const quant *q, const evo_weights *w, double rate,
+                  const int *layers, int nlayers, int8_t *codes, uint32_t *changed, rng *r);
+/* Uniform crossover where a and b differ: child starts as a; each differing position
+ * takes b's code with probability 1/2. Returns the number of positions taken from b,
+ * written to changed. */
+size_t evo_crossover(const int8_t *a, const int8_t *b, size_t n, int8_t *child,
+                     uint32_t *changed, rng *r);
+
+/* One member of a population. */
+typedef struct {
+    int8_t *codes;
+    fit_totals totals;
+    evo_key key;
+    int cache;      /* cache slot, or -1 */
+    uint64_t id;    /* unique within the island, for logs */
+    uint64_t born;  /* generation it was created */
+} evo_member;
+
+typedef struct {
+    uint64_t evaluations;      /* offspring and migrants scored */
+    uint64_t incremental;      /* of which resumed from a cached parent */
+    uint64_t cache_builds;     /* full passes to give a parent a cache */
+    uint64_t accepted;         /* offspring that entered the population */
+    uint64_t migrants_in, migrants_accepted;
+    double eval_seconds;
+    double flops;              /* network FLOPs actually run */
+} evo_stats;
+
+typedef struct evo_island evo_island;
+
+/* An island: population of config->evolution.population copies of `start`, scored on
+ * `batch` (borrowed: must outlive the island or be replaced by evo_set_batch). Returns
+ * NULL with a message if the configuration does not fit the model (unknown layer
+ * names, ...). */
+evo_island *evo_create(net *nt, const quant *q, const int8_t *start, const config *c,
+                       const evo_images *batch, uint32_t island, qv_err *err);
+void evo_free(evo_island *is);
+
+/* Breeds, scores and selects one generation. */
+void evo_generation(evo_island *is, uint32_t generation);
+/* Replaces the fitness batch and re-scores the population. */
+void evo_set_batch(evo_island *is, const evo_images *batch);
+/* Scores a migrant on this island's batch and lets it in by the policy; returns 1 if
+ * it replaced a member. */
+int evo_import(evo_island *is, const int8_t *codes, migrate_policy policy);
+
+int evo_size(const evo_island *is);
+/* Members sorted best first. */
+const evo_member *evo_member_at(const evo_island *is, int i);
+const evo_stats *evo_get_stats(const evo_island *is);
+double evo_rate(const evo_island *is);
+/* Bytes of one cached parent, and how many parents the bound lets keep a cache. */
+size_t evo_cache_bytes(const evo_island *is);
+int evo_cache_slots(const evo_island *is);
+
+#endif

@@ -1,0 +1,753 @@
+#include "qevo/evo.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- Images and scores ---- */
+
+static size_t per_image(op_dims d)
+{
+    return (size_t)d.c * d.h * d.w;
+}
+
+static void apply_reference(net *nt, const quant *q)
+{
+    memcpy(net_weights(nt), quant_reference(q), sizeof(float) * quant_size(q));
+}
+
+void evo_images_prepare(evo_images *im, const data_set *ds, const int *idx, int count,
+                        net *nt, const quant *q, int eval_batch)
+{
+    memset(im, 0, sizeof *im);
+    im->count = count;
+    op_dims in = net_input_dims(nt), od = net_output_dims(nt);
+    size_t in_per = per_image(in), out_per = per_image(od);
+    im->x = qv_malloc_aligned(sizeof(float) * in_per * (size_t)(count ? count : 1));
+    data_normalize(ds, idx, count, net_mean(nt), net_std(nt), im->x);
+    if (net_get_task(nt) == NET_RECONSTRUCT) {
+        float zero[64] = {0}, one[64];
+        QV_ASSERT(in.c <= 64);
+        for (int c = 0; c < in.c; c++)
+            one[c] = 1.0f;
+        im->target = qv_malloc_aligned(sizeof(float) * in_per * (size_t)(count ? count : 1));
+        data_normalize(ds, idx, count, zero, one, im->target);
+        return;
+    }
+    im->labels = qv_malloc(sizeof(int32_t) * (size_t)(count ? count : 1));
+    for (int i = 0; i < count; i++)
+        im->labels[i] = ds->labels[idx[i]];
+    /* The float teacher: the reference weights, restored to what nt held afterwards. */
+    float *saved = qv_malloc_aligned(sizeof(float) * quant_size(q) + 64);
+    memcpy(saved, net_weights(nt), sizeof(float) * quant_size(q));
+    apply_reference(nt, q);
+    im->teacher = qv_malloc_aligned(sizeof(float) * out_per * (size_t)(count ? count : 1));
+    net_acts *a = net_acts_create(nt, eval_batch);
+    for (int b0 = 0; b0 < count; b0 += eval_batch) {
+        int n = count - b0 < eval_batch ? count - b0 : eval_batch;
+        net_forward(nt, a, im->x + (size_t)b0 * in_per, n);
+        net_output(nt, a, n, im->teacher + (size_t)b0 * out_per);
+    }
+    fit_log_softmax(im->teacher, count, (int)out_per, im->teacher);
+    net_acts_free(a);
+    memcpy(net_weights(nt), saved, sizeof(float) * quant_size(q));
+    qv_free_aligned(saved);
+}
+
+void evo_images_free(evo_images *im)
+{
+    qv_free_aligned(im->x);
+    qv_free_aligned(im->teacher);
+    qv_free_aligned(im->target);
+    free(im->labels);
+    memset(im, 0, sizeof *im);
+}
+
+/* Adds the scores of images [b0, b0+n) of im whose outputs are in a. */
+static void score_chunk(const net *nt, const net_acts *a, const evo_images *im, int b0, int n,
+                        float *y, fit_totals *t)
+{
+    size_t out_per = per_image(net_output_dims(nt));
+    net_output(nt, a, n, y);
+    if (net_get_task(nt) == NET_CLASSIFY)
+        fit_classify(y, n, (int)out_per, im->labels + b0, im->teacher + (size_t)b0 * out_per, t);
+    else
+        fit_reconstruct(y, im->target + (size_t)b0 * out_per, out_per * (size_t)n, n, t);
+}
+
+/* Per image of a chunk whose outputs are y: correct (1/0) or mean squared error. */
+static void per_image_scores(const net *nt, const evo_images *im, int b0, int n,
+                             const float *y, float *out)
+{
+    size_t per = per_image(net_output_dims(nt));
+    for (int i = 0; i < n; i++) {
+        const float *yi = y + (size_t)i * per;
+        if (net_get_task(nt) == NET_CLASSIFY) {
+            size_t arg = 0;
+            for (size_t k = 1; k < per; k++)
+                arg = yi[k] > yi[arg] ? k : arg;
+            out[b0 + i] = (int32_t)arg == im->labels[b0 + i];
+        } else {
+            const float *t = im->target + (size_t)(b0 + i) * per;
+            double s = 0;
+            for (size_t k = 0; k < per; k++)
+                s += ((double)yi[k] - t[k]) * ((double)yi[k] - t[k]);
+            out[b0 + i] = (float)(s / (double)per);
+        }
+    }
+}
+
+fit_totals evo_score(net *nt, const quant *q, const int8_t *codes, const evo_images *im,
+                     net_acts *work, float *per_image_out)
+{
+    fit_totals t = {0};
+    quant_apply(q, nt, codes);
+    int batch = net_acts_batch(work);
+    size_t in_per = per_image(net_input_dims(nt)), out_per = per_image(net_output_dims(nt));
+    float *y = qv_malloc_aligned(sizeof(float) * out_per * (size_t)batch);
+    for (int b0 = 0; b0 < im->count; b0 += batch) {
+        int n = im->count - b0 < batch ? im->count - b0 : batch;
+        net_forward(nt, work, im->x + (size_t)b0 * in_per, n);
+        score_chunk(nt, work, im, b0, n, y, &t);
+        if (per_image_out)
+            per_image_scores(nt, im, b0, n, y, per_image_out);
+    }
+    qv_free_aligned(y);
+    return t;
+}
+
+evo_key evo_key_of(fit_kind kind, const fit_totals *t)
+{
+    evo_key k = {{0, 0}};
+    switch (kind) {
+    case FIT_KL:
+        k.k[0] = fit_mean_kl(t);
+        break;
+    case FIT_CROSS_ENTROPY:
+        k.k[0] = fit_mean_ce(t);
+        break;
+    case FIT_ACCURACY:
+        k.k[0] = -t->correct;
+        k.k[1] = fit_mean_ce(t);
+        break;
+    case FIT_MSE:
+    case FIT_PSNR: /* PSNR is a decreasing function of MSE: the same order */
+        k.k[0] = fit_mse(t);
+        break;
+    }
+    return k;
+}
+
+int evo_key_cmp(evo_key a, evo_key b)
+{
+    for (int i = 0; i < 2; i++)
+        if (a.k[i] != b.k[i])
+            return a.k[i] < b.k[i] ? -1 : 1;
+    return 0;
+}
+
+double evo_value(fit_kind kind, const fit_totals *t)
+{
+    switch (kind) {
+    case FIT_KL: return fit_mean_kl(t);
+    case FIT_CROSS_ENTROPY: return fit_mean_ce(t);
+    case FIT_ACCURACY: return fit_accuracy(t);
+    case FIT_MSE: return fit_mse(t);
+    case FIT_PSNR: return fit_psnr(t);
+    }
+    return 0;
+}
+
+/* ---- Sparse differences ---- */
+
+size_t evo_diff(const int8_t *base, const int8_t *codes, size_t n, evo_change *out)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        if (base[i] != codes[i]) {
+            if (out)
+                out[k] = (evo_change){(uint32_t)i, codes[i]};
+            k++;
+        }
+    return k;
+}
+
+void evo_patch(int8_t *codes, const evo_change *changes, size_t count)
+{
+    for (size_t k = 0; k < count; k++)
+        codes[changes[k].idx] = changes[k].code;
+}
+
+/* ---- Operators ---- */
+
+void evo_weights_init(evo_weights *w, const quant *q)
+{
+    size_t n = quant_size(q);
+    w->n = n;
+    w->ratio = qv_malloc(sizeof(float) * (n ? n : 1));
+    w->lo = qv_malloc(n ? n : 1);
+    w->nearest = qv_malloc(n ? n : 1);
+    w->closeness = qv_malloc(sizeof(float) * (n ? n : 1));
+    const float *ref = quant_reference(q), *scale = quant_scale_of(q);
+    const int8_t *qmax = quant_qmax_of(q);
+    for (size_t i = 0; i < n; i++) {
+        float r = ref[i] / scale[i];
+        float f = floorf(r);
+        w->ratio[i] = r;
+        w->lo[i] = (int8_t)fmaxf(-qmax[i], fminf(qmax[i], f));
+        w->nearest[i] = quant_nearest_code(ref[i], scale[i], qmax[i]);
+        w->closeness[i] = 1.0f - 2.0f * fabsf((r - f) - 0.5f);
+    }
+}
+
+void evo_weights_free(evo_weights *w)
+{
+    free(w->ratio);
+    free(w->lo);
+    free(w->nearest);
+    free(w->closeness);
+    memset(w, 0, sizeof *w);
+}
+
+/* A new code for weight i under the step kind, or the current one if it cannot move. */
+static int8_t step_code(const config *c, const evo_weights *w, int qmax, size_t i, int code,
+                        rng *r)
+{
+    int near = w->nearest[i], shift = c->evolution.max_shift;
+    int lo = near - shift < -qmax ? -qmax : near - shift;
+    int hi = near + shift > qmax ? qmax : near + shift;
+    int next = code;
+    switch (c->evolution.step) {
+    case STEP_FLIP: {
+        int down = w->lo[i], up = down + 1 > qmax ? qmax : down + 1;
+        next = code == down ? up : code == up ? down : (abs(code - down) < abs(code - up) ? down : up);
+        break;
+    }
+    case STEP_PM1: {
+        int d = rng_below(r, 2) ? 1 : -1;
+        next = code + d;
+        if (next < lo || next > hi)
+            next = code - d;
+        break;
+    }
+    case STEP_RANDOM:
+        if (hi > lo) {
+            next = lo + (int)rng_below(r, (uint32_t)(hi - lo));
+            if (next >= code)
+                next++; /* uniform over the range without the current code */
+        }
+        break;
+    }
+    if (next < lo || next > hi)
+        return (int8_t)code;
+    return (int8_t)next;
+}
+
+/* Picks a weight in [begin, end), preferring those near a rounding boundary by the bias. */
+static size_t pick_weight(const evo_weights *w, double bias, size_t begin, size_t end, rng *r)
+{
+    for (;;) {
+        size_t i = begin + (size_t)(rng_uniform(r) * (double)(end - begin));
+        if (i >= end)
+            i = end - 1;
+        if (bias <= 0 || rng_uniform(r) < (1.0 - bias) + bias * w->closeness[i])
+            return i;
+    }
+}
+
+static int pick_layer(const config *c, const quant *q, const int *layers, int nlayers, rng *r)
+{
+    if (c->evolution.layers != LAYERS_PROPORTIONAL)
+        return layers[rng_below(r, (uint32_t)nlayers)];
+    size_t total = 0;
+    for (int k = 0; k < nlayers; k++)
+        total += quant_layer_at(q, layers[k])->wcount;
+    double x = rng_uniform(r) * (double)total;
+    for (int k = 0; k < nlayers; k++) {
+        x -= (double)quant_layer_at(q, layers[k])->wcount;
+        if (x < 0)
+            return layers[k];
+    }
+    return layers[nlayers - 1];
+}
+
+size_t evo_mutate(const config *c, const quant *q, const evo_weights *w, double rate,
+                  const int *layers, int nlayers, int8_t *codes, uint32_t *changed, rng *r)
+{
+    size_t begin = 0, end = w->n;
+    if (c->evolution.spread == SPREAD_ONE_LAYER) {
+        const quant_layer *ql = quant_layer_at(q, pick_layer(c, q, layers, nlayers, r));
+        begin = ql->woff;
+        end = ql->woff + ql->wcount;
+    }
+    size_t want = (size_t)llround(rate * (double)(end - begin));
+    if (want < (size_t)c->evolution.min_weights)
+        want = (size_t)c->evolution.min_weights;
+    if (want > end - begin)
+        want = end - begin;
+    const int8_t *qmax = quant_qmax_of(q);
+    size_t count = 0;
+    /* Distinct weights; a few extra tries allow for weights that cannot move. */
+    for (size_t tries = 0; count < want && tries < 4 * want + 16; tries++) {
+        size_t i = pick_weight(w, c->evolution.boundary_bias, begin, end, r);
+        int8_t next = step_code(c, w, qmax[i], i, codes[i], r);
+        if (next == codes[i])
+            continue;
+        bool seen = false;
+        for (size_t k = 0; k < count && !seen; k++)
+            seen = changed[k] == i;
+        if (seen)
+            continue;
+        codes[i] = next;
+        changed[count++] = (uint32_t)i;
+    }
+    return count;
+}
+
+size_t evo_crossover(const int8_t *a, const int8_t *b, size_t n, int8_t *child,
+                     uint32_t *changed, rng *r)
+{
+    memcpy(child, a, n);
+    size_t count = 0;
+    for (size_t i = 0; i < n; i++)
+        if (a[i] != b[i] && rng_below(r, 2)) {
+            child[i] = b[i];
+            changed[count++] = (uint32_t)i;
+        }
+    return count;
+}
+
+/* ---- The island ---- */
+
+struct evo_island {
+    net *nt;
+    const quant *q;
+    const config *c;
+    const evo_images *batch;
+    evo_weights w;
+    uint32_t island;
+    size_t n;                /* weights */
+    int *layers;             /* quantized layers mutations may touch */
+    int nlayers;
+    int *first_node_of;      /* quantized layer -> net node */
+    int mu, lambda;
+    evo_member *pop;         /* mu members, sorted best first */
+    evo_member *kids;        /* lambda offspring */
+    int *kid_parent;         /* index into pop at breeding time */
+    int *kid_first;          /* first changed node */
+    uint32_t *changed;       /* scratch, n */
+    double rate;
+    uint64_t next_id;
+    /* Activation caches: slots of cut-node storage, each one net_acts per chunk. */
+    int chunks;
+    int nslots;
+    net_acts ***slots;
+    bool *slot_used;
+    size_t slot_bytes;
+    net_acts *work;          /* full storage for one chunk */
+    float *y;                /* outputs of one chunk */
+    evo_stats stats;
+    rng r;
+};
+
+static int chunk_size(const evo_island *is, int c)
+{
+    int b = net_acts_batch(is->work), b0 = c * b;
+    return is->batch->count - b0 < b ? is->batch->count - b0 : b;
+}
+
+static int acquire_slot(evo_island *is)
+{
+    for (int s = 0; s < is->nslots; s++)
+        if (!is->slot_used[s]) {
+            is->slot_used[s] = true;
+            return s;
+        }
+    return -1;
+}
+
+static void release(evo_island *is, evo_member *m)
+{
+    if (m->cache >= 0)
+        is->slot_used[m->cache] = false;
+    m->cache = -1;
+}
+
+/* Full passes over the batch with the weights now in the net; fills slot s if >= 0. */
+static fit_totals full_pass(evo_island *is, int s)
+{
+    fit_totals t = {0};
+    size_t in_per = per_image(net_input_dims(is->nt));
+    int b = net_acts_batch(is->work);
+    for (int c = 0; c < is->chunks; c++) {
+        int n = chunk_size(is, c);
+        net_forward(is->nt, is->work, is->batch->x + (size_t)c * b * in_per, n);
+        score_chunk(is->nt, is->work, is->batch, c * b, n, is->y, &t);
+        if (s >= 0)
+            net_acts_copy(is->nt, is->work, is->slots[s][c], 0, n);
+    }
+    is->stats.flops += net_flops(is->nt) * is->batch->count;
+    return t;
+}
+
+/* Gives member m a cache if a slot is free (its weights must be in the net). */
+static void give_cache(evo_island *is, evo_member *m)
+{
+    if (m->cache >= 0 || is->nslots == 0)
+        return;
+    int s = acquire_slot(is);
+    if (s < 0)
+        return;
+    quant_apply(is->q, is->nt, m->codes);
+    full_pass(is, s);
+    m->cache = s;
+    is->stats.cache_builds++;
+}
+
+/* Scores codes (already in the net) resuming from parent's cache at node first. */
+static fit_totals resumed_pass(evo_island *is, const evo_member *parent, int first)
+{
+    fit_totals t = {0};
+    int r = net_resume_node(is->nt, first);
+    for (int c = 0; c < is->chunks; c++) {
+        int n = chunk_size(is, c);
+        net_forward_from(is->nt, r, is->slots[parent->cache][c], is->work, n);
+        score_chunk(is->nt, is->work, is->batch, c * net_acts_batch(is->work), n, is->y, &t);
+    }
+    for (int k = r; k < net_node_count(is->nt); k++)
+        is->stats.flops += net_node_at(is->nt, k)->flops * is->batch->count;
+    is->stats.incremental++;
+    return t;
+}
+
+static void score_member(evo_island *is, evo_member *m, fit_totals t)
+{
+    m->totals = t;
+    m->key = evo_key_of(is->c->fitness.kind, &t);
+}
+
+static int cmp_members(const void *a, const void *b)
+{
+    const evo_member *x = a, *y = b;
+    int c = evo_key_cmp(x->key, y->key);
+    if (c)
+        return c;
+    /* Ties go to the younger state: neutral moves let the search drift. */
+    return x->id < y->id ? 1 : x->id > y->id ? -1 : 0;
+}
+
+static int resolve_layers(evo_island *is, const config *c, qv_err *err)
+{
+    int nq = quant_layer_count(is->q);
+    is->layers = qv_malloc(sizeof(int) * (size_t)nq);
+    if (c->evolution.layers != LAYERS_LIST) {
+        for (int k = 0; k < nq; k++)
+            is->layers[is->nlayers++] = k;
+        return 0;
+    }
+    for (int i = 0; i < c->evolution.layer_count; i++) {
+        const char *name = c->evolution.layer_list[i];
+        int node = net_find(is->nt, name), k = 0;
+        while (k < nq && quant_layer_at(is->q, k)->node != node)
+            k++;
+        if (node < 0 || k == nq) {
+            char known[2048] = "";
+            for (int j = 0; j < nq; j++)
+                snprintf(known + strlen(known), sizeof known - strlen(known), "%s%s", j ? ", " : "",
+                         net_node_at(is->nt, quant_layer_at(is->q, j)->node)->name);
+            return qv_fail(err, "evolution.layers[%d]: '%s' is not a conv2d/convtranspose2d/linear "
+                           "layer of %s (those are: %s)", i, name, net_path(is->nt), known);
+        }
+        is->layers[is->nlayers++] = k;
+    }
+    return 0;
+}
+
+static void init_slots(evo_island *is)
+{
+    int b = net_acts_batch(is->work);
+    net_acts *probe = net_acts_create_cache(is->nt, b);
+    is->slot_bytes = net_acts_bytes(probe) * (size_t)is->chunks;
+    net_acts_free(probe);
+    double budget = is->c->evolution.cache_mb * 1048576.0;
+    int want = is->mu + 2; /* every parent, plus room for promising offspring */
+    is->nslots = (int)fmin(want, floor(budget / (double)is->slot_bytes));
+    is->slots = qv_calloc((size_t)(is->nslots ? is->nslots : 1), sizeof(net_acts **));
+    is->slot_used = qv_calloc((size_t)(is->nslots ? is->nslots : 1), sizeof(bool));
+    for (int s = 0; s < is->nslots; s++) {
+        is->slots[s] = qv_calloc((size_t)is->chunks, sizeof(net_acts *));
+        for (int c = 0; c < is->chunks; c++)
+            is->slots[s][c] = net_acts_create_cache(is->nt, b);
+    }
+}
+
+static void alloc_members(evo_island *is, evo_member *m, int count)
+{
+    for (int i = 0; i < count; i++) {
+        m[i].codes = qv_malloc(is->n ? is->n : 1);
+        m[i].cache = -1;
+    }
+}
+
+evo_island *evo_create(net *nt, const quant *q, const int8_t *start, const config *c,
+                       const evo_images *batch, uint32_t island, qv_err *err)
+{
+    evo_island *is = qv_calloc(1, sizeof *is);
+    is->nt = nt, is->q = q, is->c = c, is->batch = batch, is->island = island;
+    is->n = quant_size(q);
+    is->mu = c->evolution.population;
+    is->lambda = c->evolution.offspring;
+    is->rate = c->evolution.rate;
+    is->r = rng_stream(c->seed, island, 0, RNG_MUTATE);
+    if (resolve_layers(is, c, err)) {
+        evo_free(is);
+        return NULL;
+    }
+    evo_weights_init(&is->w, q);
+    is->first_node_of = qv_malloc(sizeof(int) * (size_t)quant_layer_count(q));
+    for (int k = 0; k < quant_layer_count(q); k++)
+        is->first_node_of[k] = quant_layer_at(q, k)->node;
+    int b = c->data.eval_batch < batch->count ? c->data.eval_batch : batch->count;
+    is->work = net_acts_create(nt, b > 0 ? b : 1);
+    is->chunks = (batch->count + net_acts_batch(is->work) - 1) / net_acts_batch(is->work);
+    is->y = qv_malloc_aligned(sizeof(float) * per_image(net_output_dims(nt)) *
+                              (size_t)net_acts_batch(is->work));
+    is->changed = qv_malloc(sizeof(uint32_t) * (is->n ? is->n : 1));
+    is->pop = qv_calloc((size_t)is->mu, sizeof(evo_member));
+    is->kids = qv_calloc((size_t)is->lambda, sizeof(evo_member));
+    is->kid_parent = qv_malloc(sizeof(int) * (size_t)is->lambda);
+    is->kid_first = qv_malloc(sizeof(int) * (size_t)is->lambda);
+    alloc_members(is, is->pop, is->mu);
+    alloc_members(is, is->kids, is->lambda);
+    init_slots(is);
+    /* Every member starts as the start state: score it once, share the score. */
+    quant_apply(q, nt, start);
+    fit_totals t = full_pass(is, -1);
+    for (int i = 0; i < is->mu; i++) {
+        memcpy(is->pop[i].codes, start, is->n);
+        score_member(is, &is->pop[i], t);
+        is->pop[i].id = is->next_id++;
+    }
+    return is;
+}
+
+void evo_free(evo_island *is)
+{
+    if (!is)
+        return;
+    for (int i = 0; is->pop && i < is->mu; i++)
+        free(is->pop[i].codes);
+    for (int i = 0; is->kids && i < is->lambda; i++)
+        free(is->kids[i].codes);
+    for (int s = 0; s < is->nslots; s++) {
+        for (int c = 0; c < is->chunks; c++)
+            net_acts_free(is->slots[s][c]);
+        free(is->slots[s]);
+    }
+    free(is->slots);
+    free(is->slot_used);
+    free(is->pop);
+    free(is->kids);
+    free(is->kid_parent);
+    free(is->kid_first);
+    free(is->changed);
+    free(is->layers);
+    free(is->first_node_of);
+    qv_free_aligned(is->y);
+    net_acts_free(is->work);
+    evo_weights_free(&is->w);
+    free(is);
+}
+
+static int tournament(evo_island *is)
+{
+    int best = (int)rng_below(&is->r, (uint32_t)is->mu);
+    for (int k = 1; k < is->c->evolution.tournament; k++) {
+        int j = (int)rng_below(&is->r, (uint32_t)is->mu);
+        if (j < best) /* the population is sorted best first */
+            best = j;
+    }
+    return best;
+}
+
+/* The first node whose weights the changes touch. */
+static int first_node(const evo_island *is, const uint32_t *changed, size_t count)
+{
+    int first = net_node_count(is->nt);
+    for (size_t k = 0; k < count; k++) {
+        int node = is->first_node_of[quant_layer_of(is->q, changed[k])];
+        first = node < first ? node : first;
+    }
+    return first;
+}
+
+/* Breeds offspring j: a mutation (or crossover, then mutation) of a tournament winner. */
+static void breed(evo_island *is, int j, uint32_t generation)
+{
+    evo_member *kid = &is->kids[j];
+    int p = tournament(is);
+    size_t count = 0;
+    if (is->mu > 1 && is->c->evolution.crossover > 0 &&
+        rng_uniform(&is->r) < is->c->evolution.crossover) {
+        int other = tournament(is);
+        if (other != p)
+            count = evo_crossover(is->pop[p].codes, is->pop[other].codes, is->n, kid->codes,
+                                  is->changed, &is->r);
+        else
+            memcpy(kid->codes, is->pop[p].codes, is->n);
+    } else {
+        memcpy(kid->codes, is->pop[p].codes, is->n);
+    }
+    count += evo_mutate(is->c, is->q, &is->w, is->rate, is->layers, is->nlayers, kid->codes,
+                        is->changed + count, &is->r);
+    is->kid_parent[j] = p;
+    is->kid_first[j] = first_node(is, is->changed, count);
+    kid->id = is->next_id++;
+    kid->born = generation;
+    kid->cache = -1;
+}
+
+/* A kid good enough to enter the population keeps the activations its evaluation just
+ * computed: the parent's cut nodes before the resume point and its own from there on.
+ * Copying them costs far less than the full pass a new parent would otherwise need.
+ * Only possible when the batch is one chunk (the work storage then holds all of it). */
+static void keep_kid_cache(evo_island *is, evo_member *kid, const evo_member *parent,
+                           int resume)
+{
+    if (is->chunks != 1 || evo_key_cmp(kid->key, is->pop[is->mu - 1].key) >= 0)
+        return;
+    int s = acquire_slot(is);
+    if (s < 0)
+        return;
+    int n = chunk_size(is, 0);
+    if (parent->cache >= 0)
+        net_acts_copy(is->nt, is->slots[parent->cache][0], is->slots[s][0], 0, n);
+    net_acts_copy(is->nt, is->work, is->slots[s][0], parent->cache >= 0 ? resume : 0, n);
+    kid->cache = s;
+}
+
+static void evaluate_kid(evo_island *is, int j)
+{
+    evo_member *kid = &is->kids[j], *parent = &is->pop[is->kid_parent[j]];
+    double t0 = qv_now();
+    give_cache(is, parent);
+    quant_apply(is->q, is->nt, kid->codes);
+    int resume = net_resume_node(is->nt, is->kid_first[j]);
+    fit_totals t = parent->cache >= 0 ? resumed_pass(is, parent, is->kid_first[j])
+                                      : full_pass(is, -1);
+    score_member(is, kid, t);
+    keep_kid_cache(is, kid, parent, resume);
+    is->stats.evaluations++;
+    is->stats.eval_seconds += qv_now() - t0;
+}
+
+/* (mu + lambda): the best mu of parents and offspring. (mu, lambda): the best mu
+ * offspring, with the best parent kept if no offspring beats it (elitism). Members
+ * that do not survive hand their buffers to the next generation's offspring. */
+static void select_survivors(evo_island *is)
+{
+    int mu = is->mu, total = mu + is->lambda;
+    evo_member *pool = qv_malloc(sizeof(evo_member) * (size_t)total);
+    memcpy(pool, is->pop, sizeof(evo_member) * (size_t)mu);
+    memcpy(pool + mu, is->kids, sizeof(evo_member) * (size_t)is->lambda);
+    int *order = qv_malloc(sizeof(int) * (size_t)total), k = 0;
+    if (is->c->evolution.selection == SEL_PLUS) {
+        qsort(pool, (size_t)total, sizeof(evo_member), cmp_members);
+        for (int i = 0; i < total; i++)
+            order[k++] = i;
+    } else {
+        qsort(pool + mu, (size_t)is->lambda, sizeof(evo_member), cmp_members);
+        bool elite = evo_key_cmp(pool[0].key, pool[mu].key) < 0; /* parents are sorted */
+        int kids_kept = elite ? mu - 1 : mu;
+        if (elite)
+            order[k++] = 0;
+        for (int i = 0; i < kids_kept; i++)
+            order[k++] = mu + i;
+        for (int i = elite ? 1 : 0; i < mu; i++)
+            order[k++] = i;
+        for (int i = mu + kids_kept; i < total; i++)
+            order[k++] = i;
+    }
+    for (int i = 0; i < mu; i++)
+        is->pop[i] = pool[order[i]];
+    for (int i = mu; i < total; i++) {
+        is->kids[i - mu] = pool[order[i]];
+        release(is, &is->kids[i - mu]);
+    }
+    qsort(is->pop, (size_t)mu, sizeof(evo_member), cmp_members);
+    free(order);
+    free(pool);
+}
+
+void evo_generation(evo_island *is, uint32_t generation)
+{
+    is->r = rng_stream(is->c->seed, is->island, generation, RNG_MUTATE);
+    int better_than_parent = 0;
+    uint64_t first_kid = is->next_id;
+    for (int j = 0; j < is->lambda; j++) {
+        breed(is, j, generation);
+        evaluate_kid(is, j);
+        better_than_parent += evo_key_cmp(is->kids[j].key, is->pop[is->kid_parent[j]].key) < 0;
+    }
+    select_survivors(is);
+    for (int i = 0; i < is->mu; i++)
+        is->stats.accepted += is->pop[i].id >= first_kid;
+    if (is->c->evolution.one_fifth) {
+        /* 1/5 success rule (Rechenberg): more than a fifth of the offspring beating their
+         * parents means steps are too timid; fewer, too bold. */
+        double ps = (double)better_than_parent / is->lambda;
+        is->rate *= ps > 0.2 ? 1.0 / 0.85 : ps < 0.2 ? 0.85 : 1.0;
+        double lo = 1.0 / (double)is->n, hi = 0.1;
+        is->rate = fmin(hi, fmax(lo, is->rate));
+    }
+}
+
+void evo_set_batch(evo_island *is, const evo_images *batch)
+{
+    QV_ASSERT(batch->count == is->batch->count);
+    is->batch = batch;
+    for (int i = 0; i < is->mu; i++) {
+        release(is, &is->pop[i]);
+        quant_apply(is->q, is->nt, is->pop[i].codes);
+        score_member(is, &is->pop[i], full_pass(is, -1));
+    }
+    qsort(is->pop, (size_t)is->mu, sizeof(evo_member), cmp_members);
+}
+
+int evo_import(evo_island *is, const int8_t *codes, migrate_policy policy)
+{
+    double t0 = qv_now();
+    evo_member *worst = &is->pop[is->mu - 1];
+    quant_apply(is->q, is->nt, codes);
+    fit_totals t = full_pass(is, -1);
+    is->stats.evaluations++;
+    is->stats.migrants_in++;
+    is->stats.eval_seconds += qv_now() - t0;
+    evo_key key = evo_key_of(is->c->fitness.kind, &t);
+    if (policy == MIGRATE_REPLACE_WORST_IF_BETTER && evo_key_cmp(key, worst->key) >= 0)
+        return 0;
+    release(is, worst);
+    memcpy(worst->codes, codes, is->n);
+    score_member(is, worst, t);
+    worst->id = is->next_id++;
+    int slot = is->chunks == 1 ? acquire_slot(is) : -1;
+    if (slot >= 0) { /* the work storage holds the migrant's whole pass */
+        net_acts_copy(is->nt, is->work, is->slots[slot][0], 0, chunk_size(is, 0));
+        worst->cache = slot;
+    }
+    qsort(is->pop, (size_t)is->mu, sizeof(evo_member), cmp_members);
+    is->stats.migrants_accepted++;
+    return 1;
+}
+
+int evo_size(const evo_island *is) { return is->mu; }
+const evo_stats *evo_get_stats(const evo_island *is) { return &is->stats; }
+double evo_rate(const evo_island *is) { return is->rate; }
+size_t evo_cache_bytes(const evo_island *is) { return is->slot_bytes; }
+int evo_cache_slots(const evo_island *is) { return is->nslots; }
+
+const evo_member *evo_member_at(const evo_island *is, int i)
+{
+    QV_ASSERT(i >= 0 && i < is->mu);
+    return &is->pop[i];
+}

@@ -1,0 +1,82 @@
+/* Internal to the run module (run.c: setup; run_loop.c: generations and reports;
+ * run_results.c: test scores and output files). */
+#ifndef QEVO_RUN_INTERNAL_H
+#define QEVO_RUN_INTERNAL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "qevo/config.h"
+#include "qevo/data.h"
+#include "qevo/evo.h"
+#include "qevo/island.h"
+#include "qevo/net.h"
+#include "qevo/quant.h"
+#include "qevo/report.h"
+
+typedef struct {
+    /* command line and configuration */
+    int rank, nranks;
+    const char *config_path;
+    char **overrides;
+    int noverrides;
+    bool dry_run;
+    qv_err err;
+    config cfg;
+    char *resolved;
+    /* model, quantizer, states */
+    net *nt;
+    quant *q;
+    int8_t *nearest, *start, *best;
+    /* data: the train permutation; this island's shard; this rank's slices */
+    data_set *train, *test;
+    int *perm;
+    const int *shard, *val_idx;
+    int *test_idx;
+    int shard_count, val_count, test_count;
+    evo_images batch, val, test_im;
+    uint32_t draws;
+    net_acts *work;
+    /* the island */
+    evo_island *is;
+    island_topology *topo;
+    /* validation: baselines and the global best, chosen by validation only */
+    fit_totals float_val, nearest_val, start_val, best_val;
+    fit_totals *island_val;   /* last validation of each island's best */
+    uint64_t validated_id;    /* id of this island's best when last validated */
+    bool validated_once;
+    bool have_best;
+    int best_generation, best_island, stale_reports;
+    /* migration events of this island since the last report */
+    int *mig_sender, *mig_accepted, nmig, mig_cap;
+    /* progress */
+    int generation, last_report;
+    double last_report_time;
+    double last_report_evals;
+    report_log *log;
+    /* time per phase */
+    double t_start, t_setup, t_migration, t_validation, t_test;
+} run_state;
+
+int run_all(run_state *s);
+int run_setup(run_state *s);
+int run_write_setup_files(run_state *s, qv_err *err);
+void run_state_free(run_state *s);
+/* Generations until a stop condition; returns 0, or -1 with s->err on every rank. */
+int run_loop(run_state *s);
+/* Test scores, result.json, best.safetensors, PNGs. */
+int run_results(run_state *s);
+
+/* The island's fitness batch number `draw`: the whole shard, or fitness_batch images
+ * drawn from it by the seed. */
+void run_draw_batch(run_state *s, uint32_t draw, evo_images *im);
+
+/* Data-parallel scores on the validation (or test) slices: one sum over ranks. */
+void run_score_states(run_state *s, const evo_images *im, int8_t *const *codes, int count,
+                      fit_totals *totals);
+/* The float model's totals on im, summed over ranks. */
+fit_totals run_score_float(run_state *s, const evo_images *im);
+/* Display of a score: "kl 0.1234 acc 0.9012" or "mse 0.0123 psnr 19.1". */
+void run_format_score(const run_state *s, const fit_totals *t, char *buf, size_t cap);
+
+#endif
