@@ -13,7 +13,7 @@ ifdef DEBUG
   CFLAGS += -O0 -g3
   BUILD  ?= build/debug
 else
-  CFLAGS += -O2 -g
+  CFLAGS += -O3 -g
 endif
 ifdef SAN
   CFLAGS  += -fsanitize=$(SAN) -fno-omit-frame-pointer -fno-sanitize-recover=all
@@ -29,11 +29,13 @@ BIN_SRC  := $(wildcard src/bin/*.c)
 BINS     := $(BIN_SRC:src/bin/%.c=$(BUILD)/%)
 TEST_SRC := $(wildcard tests/unit/*.c)
 TESTS    := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+MPITEST_SRC := $(wildcard tests/mpi/*.c)
+MPITESTS := $(MPITEST_SRC:tests/mpi/%.c=$(BUILD)/mpitests/%)
 BENCH_SRC := $(wildcard bench/*.c)
 BENCHES  := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 LIB      := $(BUILD)/libqevo.a
 
-all: $(BINS) $(TESTS) $(BENCHES)
+all: $(BINS) $(TESTS) $(MPITESTS) $(BENCHES)
 
 $(BUILD)/obj/%.o: src/%.c
 	@mkdir -p $(dir $@)
@@ -46,6 +48,14 @@ $(BUILD)/obj/bin/%.o: src/bin/%.c
 $(BUILD)/obj/tests/%.o: tests/unit/%.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests -c $< -o $@
+
+$(BUILD)/obj/mpitests/%.o: tests/mpi/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Itests -c $< -o $@
+
+$(BUILD)/mpitests/%: $(BUILD)/obj/mpitests/%.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
 
 $(BUILD)/obj/bench/%.o: bench/%.c
 	@mkdir -p $(dir $@)

@@ -50,6 +50,8 @@ static const field fields[] = {
       "dataset the fitness shards and the validation split are drawn from"),
     F("data.test", T_STR, data.test, "\"fashion-mnist:test\"", 0, 0, 0, NULL,
       "held-out test split, scored once at the end and never used for any choice"),
+    F("data.test_size", T_INT, data.test_size, "0", 0, BIG, 0, NULL,
+      "score only the first images of the test split (quick runs); 0 = all of it"),
     F("data.fitness_size", T_INT, data.fitness_size, "4096", 1, BIG, 0, NULL,
       "images shared out among the islands (disjoint shards)"),
     F("data.validation_size", T_INT, data.validation_size, "5000", 1, BIG, 0, NULL,

@@ -447,10 +447,10 @@ static int resolve_layers(evo_island *is, const config *c, qv_err *err)
     }
     for (int i = 0; i < c->evolution.layer_count; i++) {
         const char *name = c->evolution.layer_list[i];
-        int node = net_find(is->nt, name), k = 0;
-        while (k < nq && quant_layer_at(is->q, k)->node != node)
+        int k = 0;
+        while (k < nq && strcmp(net_node_at(is->nt, quant_layer_at(is->q, k)->node)->name, name))
             k++;
-        if (node < 0 || k == nq) {
+        if (k == nq) {
             char known[2048] = "";
             for (int j = 0; j < nq; j++)
                 snprintf(known + strlen(known), sizeof known - strlen(known), "%s%s", j ? ", " : "",

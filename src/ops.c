@@ -367,7 +367,10 @@ direct_store(const float *t, const direct_geom *g, int q0, int q1, const float *
                 v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, r + at + i));
             if (act == ACT_RELU)
                 v = _mm512_max_ps(v, _mm512_setzero_ps()); /* = v > 0 ? v : 0, NaN -> 0 */
-            _mm512_mask_storeu_ps(y + at + i, m, v);
+            if (m == 0xffff)
+                _mm512_storeu_ps(y + at + i, v);
+            else
+                _mm512_mask_storeu_ps(y + at + i, m, v);
         }
         if (act == ACT_SIGMOID)
             op_activate(y + at, (size_t)valid, act);
@@ -377,10 +380,11 @@ direct_store(const float *t, const direct_geom *g, int q0, int q1, const float *
 
 /* tile (ocb rows of DIRECT_Q) = bias + the products of output channels [oc0, oc0 + ocb)
  * at q-space positions [q0, q0 + DIRECT_Q) of the image whose padded planes start at xp.
- * Inlined with a constant ocb, so the accumulators live in registers. */
+ * Inlined with a constant ocb, so the accumulators live in registers, and for 3-wide
+ * kernels with a constant kw, so the innermost loop unrolls. */
 static inline __attribute__((always_inline, target("avx512f"))) void
 direct_tile(const float *xp, const direct_geom *g, const float *w, const float *b, int oc0,
-            const int ocb, int q0, float *tile)
+            const int ocb, const int kw, int q0, float *tile)
 {
     size_t k = (size_t)g->cin * g->kh * g->kw;
     __m512 acc[DIRECT_OCB][DIRECT_QV];
@@ -391,9 +395,10 @@ direct_tile(const float *xp, const direct_geom *g, const float *w, const float *
             acc[o][j] = _mm512_set1_ps(b ? b[oc0 + o] : 0.0f);
     for (int ic = 0; ic < g->cin; ic++)
         for (int ki = 0; ki < g->kh; ki++)
-            for (int kj = 0; kj < g->kw; kj++) {
+#pragma GCC unroll 3
+            for (int kj = 0; kj < kw; kj++) {
                 const float *xr = xp + ic * g->chan + (size_t)ki * g->wp + kj + q0;
-                const float *wr = w + oc0 * k + ((size_t)ic * g->kh + ki) * g->kw + kj;
+                const float *wr = w + oc0 * k + ((size_t)ic * g->kh + ki) * kw + kj;
                 __m512 v[DIRECT_QV];
 #pragma GCC unroll 4
                 for (int j = 0; j < DIRECT_QV; j++)
@@ -426,10 +431,12 @@ direct_image(const float *xp, const direct_geom *g, const float *w, const float 
         int q1 = g->nq - q0 < DIRECT_Q ? g->nq : q0 + DIRECT_Q;
         for (int oc0 = 0; oc0 < cout;) {
             int ocb = cout - oc0 >= DIRECT_OCB ? DIRECT_OCB : 1;
-            if (ocb == DIRECT_OCB)
-                direct_tile(xp, g, w, b, oc0, DIRECT_OCB, q0, tile);
+            if (ocb == DIRECT_OCB && g->kw == 3)
+                direct_tile(xp, g, w, b, oc0, DIRECT_OCB, 3, q0, tile);
+            else if (ocb == DIRECT_OCB)
+                direct_tile(xp, g, w, b, oc0, DIRECT_OCB, g->kw, q0, tile);
             else
-                direct_tile(xp, g, w, b, oc0, 1, q0, tile);
+                direct_tile(xp, g, w, b, oc0, 1, g->kw, q0, tile);
             for (int o = 0; o < ocb; o++) {
                 size_t c = (size_t)(oc0 + o) * ldy;
                 direct_store(tile + o * DIRECT_Q, g, q0, q1, r ? r + c : NULL, act, y + c);

@@ -160,7 +160,9 @@ static void make_splits(run_state *s)
     data_shard_range(c->data.validation_size, s->rank, s->nranks, &first, &count);
     s->val_idx = s->perm + c->data.fitness_size + first;
     s->val_count = count;
-    data_shard_range(s->test->n, s->rank, s->nranks, &first, &count);
+    int test_n = c->data.test_size && c->data.test_size < s->test->n ? c->data.test_size
+                                                                       : s->test->n;
+    data_shard_range(test_n, s->rank, s->nranks, &first, &count);
     s->test_idx = qv_malloc(sizeof(int) * (size_t)(count ? count : 1));
     for (int i = 0; i < count; i++)
         s->test_idx[i] = first + i;

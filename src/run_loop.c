@@ -46,7 +46,7 @@ void run_format_score(const run_state *s, const fit_totals *t, char *buf, size_t
 {
     if (net_get_task(s->nt) == NET_CLASSIFY)
         snprintf(buf, cap, "acc %.4f  ce %.4f  kl %.4f", fit_accuracy(t), fit_mean_ce(t),
-                 fit_mean_kl(t));
+                 fmax(0.0, fit_mean_kl(t))); /* the float model's KL is 0 up to rounding */
     else
         snprintf(buf, cap, "mse %.6f  psnr %.2f dB", fit_mse(t), fit_psnr(t));
 }
@@ -132,7 +132,8 @@ static void print_header(run_state *s)
            "validation %d, test %d images\n",
            s->nranks, s->nranks > 1 ? "s" : "", config_topology_name(c->islands.topology),
            config_fit_name(c->fitness.kind), c->data.fitness_size / s->nranks,
-           s->batch.count, c->data.validation_size, s->test->n);
+           s->batch.count, c->data.validation_size,
+           c->data.test_size && c->data.test_size < s->test->n ? c->data.test_size : s->test->n);
     printf("  population %d + %d offspring, rate %g, step %s; cache %d parents x %.0f MiB\n",
            c->evolution.population, c->evolution.offspring, c->evolution.rate,
            c->evolution.step == STEP_FLIP ? "flip" : c->evolution.step == STEP_PM1 ? "pm1"

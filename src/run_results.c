@@ -172,7 +172,7 @@ int run_results(run_state *s)
         c->quantizer.granularity ? "per_channel" : "per_tensor", "first_bits",
         c->quantizer.first_bits, "last_bits", c->quantizer.last_bits,
         "data", "fitness_images", c->data.fitness_size, "fitness_batch", s->batch.count,
-        "validation_images", c->data.validation_size, "test_images", s->test->n,
+        "validation_images", c->data.validation_size, "test_images", (int)tf.images,
         "generations", s->generation,
         "scores", "validation", "float", score_json(s, &s->float_val), "nearest",
         score_json(s, &s->nearest_val), "start", score_json(s, &s->start_val), "evolved",
@@ -196,7 +196,7 @@ int run_results(run_state *s)
         run_format_score(s, &t[0], b, sizeof b);
         run_format_score(s, &t[2], cc, sizeof cc);
         printf("\ntest (%d images, never used for any choice):\n  float    %s\n  nearest  %s\n"
-               "  evolved  %s\n", s->test->n, a, b, cc);
+               "  evolved  %s\n", (int)tf.images, a, b, cc);
         if (c->start[0]) {
             run_format_score(s, &t[1], a, sizeof a);
             printf("  start    %s\n", a);

@@ -29,6 +29,7 @@ typedef struct {
     struct {
         char *train;          /* dataset the fitness and validation splits come from */
         char *test;           /* held-out test split: scored once, at the end */
+        int test_size;        /* first images of the test split to score; 0 = all */
         int fitness_size;     /* images shared out among the islands */
         int validation_size;  /* images, disjoint from every shard */
         int fitness_batch;    /* images per fitness evaluation (0 = the whole shard) */

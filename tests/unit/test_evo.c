@@ -1,0 +1,236 @@
+/* evo: operators keep codes in range and within max_shift; flips go to the other
+ * rounding neighbour; crossover touches only differing positions; sparse differences
+ * round-trip; incremental evaluation scores exactly like full passes; selection keeps
+ * the elite. */
+#define _POSIX_C_SOURCE 200809L
+#include "qevo/evo.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "model_builder.h"
+#include "test.h"
+
+static char dir[64], path[128];
+
+/* conv(1->6)+bn+relu, conv(6->8, stride 2)+relu, flatten, linear(8*4*4 -> 5). (1, 8, 8). */
+static void build_model(void)
+{
+    model_builder mb;
+    mb_init(&mb, 21);
+    mb_tensor(&mb, "c1.w", -0.6f, 0.6f, 4, 6, 1, 3, 3);
+    mb_tensor(&mb, "bn.g", 0.5f, 1.5f, 1, 6);
+    mb_tensor(&mb, "bn.b", -0.2f, 0.2f, 1, 6);
+    mb_tensor(&mb, "bn.m", -0.2f, 0.2f, 1, 6);
+    mb_tensor(&mb, "bn.v", 0.5f, 1.5f, 1, 6);
+    mb_tensor(&mb, "c2.w", -0.3f, 0.3f, 4, 8, 6, 3, 3);
+    mb_tensor(&mb, "c2.b", -0.1f, 0.1f, 1, 8);
+    mb_tensor(&mb, "fc.w", -0.2f, 0.2f, 2, 5, 128);
+    mb_tensor(&mb, "fc.b", -0.1f, 0.1f, 1, 5);
+    mb_layer(&mb, "{\"name\":\"c1\",\"op\":\"conv2d\",\"weight\":\"c1.w\",\"padding\":1}");
+    mb_layer(&mb, "{\"name\":\"bn\",\"op\":\"batchnorm\",\"weight\":\"bn.g\",\"bias\":\"bn.b\","
+                  "\"mean\":\"bn.m\",\"var\":\"bn.v\",\"eps\":1e-5}");
+    mb_layer(&mb, "{\"name\":\"r1\",\"op\":\"relu\"}");
+    mb_layer(&mb, "{\"name\":\"c2\",\"op\":\"conv2d\",\"weight\":\"c2.w\",\"bias\":\"c2.b\","
+                  "\"stride\":2,\"padding\":1}");
+    mb_layer(&mb, "{\"name\":\"r2\",\"op\":\"relu\"}");
+    mb_layer(&mb, "{\"name\":\"f\",\"op\":\"flatten\"}");
+    mb_layer(&mb, "{\"name\":\"fc\",\"op\":\"linear\",\"weight\":\"fc.w\",\"bias\":\"fc.b\"}");
+    QV_ASSERT(mb_save(&mb, path, "classify", 1, 8, 8) == 0);
+}
+
+static data_set *random_data(int n)
+{
+    data_set *ds = qv_calloc(1, sizeof *ds);
+    ds->n = n, ds->c = 1, ds->h = 8, ds->w = 8, ds->classes = 5;
+    ds->pixels = qv_malloc((size_t)n * 64);
+    ds->labels = qv_malloc(sizeof(int32_t) * (size_t)n);
+    ds->name = qv_strdup("random");
+    rng r = rng_stream(9, 0, 0, RNG_TEST);
+    for (int i = 0; i < n * 64; i++)
+        ds->pixels[i] = (uint8_t)rng_below(&r, 256);
+    for (int i = 0; i < n; i++)
+        ds->labels[i] = (int32_t)rng_below(&r, 5);
+    return ds;
+}
+
+static config base_config(void)
+{
+    config c;
+    qv_err err;
+    static const char text[] = "{\"model\": \"m\", \"stop\": {\"generations\": 1}}";
+    QV_ASSERT(config_parse(text, "test", &c, &err) == 0);
+    return c;
+}
+
+static void test_operators(const quant *q)
+{
+    evo_weights w;
+    evo_weights_init(&w, q);
+    size_t n = quant_size(q);
+    int8_t *codes = qv_malloc(n), *before = qv_malloc(n);
+    uint32_t *changed = qv_malloc(sizeof(uint32_t) * n);
+    int layers[3] = {0, 1, 2};
+    rng r = rng_stream(4, 0, 0, RNG_TEST);
+    const int8_t *qmax = quant_qmax_of(q);
+    for (int step = 0; step < 3; step++)
+        for (int shift = 1; shift <= 2; shift++)
+            for (int spread = 0; spread < 2; spread++) {
+                config c = base_config();
+                c.evolution.step = (step_kind)step;
+                c.evolution.max_shift = shift;
+                c.evolution.spread = (spread_kind)spread;
+                c.evolution.boundary_bias = spread ? 1.0 : 0.0;
+                memcpy(codes, w.nearest, n);
+                int bad_range = 0, bad_shift = 0, none = 0, flips_ok = 1;
+                for (int it = 0; it < 300; it++) {
+                    memcpy(before, codes, n);
+                    size_t k = evo_mutate(&c, q, &w, 0.02, layers, 3, codes, changed, &r);
+                    none += k == 0;
+                    for (size_t i = 0; i < n; i++) {
+                        bad_range += codes[i] > qmax[i] || codes[i] < -qmax[i];
+                        bad_shift += abs(codes[i] - w.nearest[i]) > shift;
+                    }
+                    for (size_t j = 0; j < k && step == STEP_FLIP; j++) {
+                        size_t i = changed[j];
+                        /* A flip lands on floor or ceil of w/s. */
+                        flips_ok &= codes[i] == w.lo[i] || codes[i] == w.lo[i] + 1 ||
+                                    codes[i] == qmax[i] || codes[i] == -qmax[i];
+                    }
+                    size_t diff = evo_diff(before, codes, n, NULL);
+                    CHECKF(diff == k, "step %d: %zu weights differ, %zu reported", step, diff, k);
+                }
+                CHECKF(bad_range == 0, "step %d shift %d: codes out of range", step, shift);
+                CHECKF(bad_shift == 0, "step %d shift %d: codes beyond max_shift", step, shift);
+                CHECKF(none == 0, "step %d: a mutation changed nothing", step);
+                CHECK(flips_ok);
+                config_free(&c);
+            }
+    /* Crossover takes only positions where the parents differ. */
+    int8_t *a = qv_malloc(n), *b = qv_malloc(n);
+    memcpy(a, w.nearest, n);
+    memcpy(b, w.nearest, n);
+    for (size_t i = 0; i < n; i += 7)
+        b[i] = (int8_t)(b[i] == qmax[i] ? b[i] - 1 : b[i] + 1);
+    size_t k = evo_crossover(a, b, n, codes, changed, &r);
+    int outside = 0, wrong = 0;
+    for (size_t i = 0; i < n; i++) {
+        outside += codes[i] != a[i] && a[i] == b[i];
+        wrong += codes[i] != a[i] && codes[i] != b[i];
+    }
+    CHECK(outside == 0 && wrong == 0 && k > 0 && k < (n + 6) / 7);
+    CHECK(evo_diff(a, codes, n, NULL) == k);
+    /* Sparse differences round-trip. */
+    evo_change *ch = qv_malloc(sizeof(evo_change) * n);
+    size_t m = evo_diff(a, b, n, ch);
+    memcpy(codes, a, n);
+    evo_patch(codes, ch, m);
+    CHECK(m == (n + 6) / 7 && memcmp(codes, b, n) == 0);
+    free(ch), free(a), free(b), free(codes), free(before), free(changed);
+    evo_weights_free(&w);
+}
+
+/* After generations of incremental evaluation, every member's score equals a full pass. */
+static void test_island(net *nt, const quant *q, const data_set *ds, sel_kind sel, int cache_mb)
+{
+    config c = base_config();
+    c.evolution.selection = sel;
+    c.evolution.population = 3;
+    c.evolution.offspring = 6;
+    c.evolution.rate = 0.01;
+    c.evolution.cache_mb = cache_mb;
+    c.data.eval_batch = 64;
+    int idx[40];
+    for (int i = 0; i < 40; i++)
+        idx[i] = i;
+    evo_images im;
+    evo_images_prepare(&im, ds, idx, 40, nt, q, 64);
+    int8_t *start = qv_malloc(quant_size(q));
+    quant_nearest(q, start);
+    qv_err err;
+    evo_island *is = evo_create(nt, q, start, &c, &im, 0, &err);
+    QV_ASSERT(is);
+    net_acts *work = net_acts_create(nt, 64);
+    evo_key elite = evo_member_at(is, 0)->key;
+    int elite_lost = 0, mismatched = 0;
+    for (uint32_t g = 1; g <= 12; g++) {
+        evo_generation(is, g);
+        evo_key now = evo_member_at(is, 0)->key;
+        elite_lost += evo_key_cmp(now, elite) > 0;
+        elite = now;
+        for (int i = 0; i < evo_size(is); i++) {
+            const evo_member *m = evo_member_at(is, i);
+            fit_totals t = evo_score(nt, q, m->codes, &im, work, NULL);
+            mismatched += memcmp(&t, &m->totals, sizeof t) != 0;
+        }
+    }
+    CHECKF(elite_lost == 0, "selection %d lost its elite", sel);
+    CHECKF(mismatched == 0, "selection %d cache %d: %d incremental scores differ from full passes",
+           sel, cache_mb, mismatched);
+    if (cache_mb)
+        CHECK(evo_get_stats(is)->incremental > 0);
+    else
+        CHECK(evo_get_stats(is)->incremental == 0);
+    CHECK(evo_key_cmp(evo_member_at(is, 0)->key, evo_member_at(is, 2)->key) <= 0);
+    /* A migrant better than the worst gets in; the same state again (no better) does not
+     * replace by "if better" but does by "always". */
+    int8_t *best = qv_malloc(quant_size(q));
+    memcpy(best, evo_member_at(is, 0)->codes, quant_size(q));
+    evo_key worst = evo_member_at(is, 2)->key;
+    int in = evo_import(is, best, MIGRATE_REPLACE_WORST_IF_BETTER);
+    CHECK(in == (evo_key_cmp(evo_member_at(is, 0)->key, worst) < 0));
+    CHECK(evo_import(is, start, MIGRATE_REPLACE_WORST) == 1);
+    free(best);
+    net_acts_free(work);
+    evo_free(is);
+    free(start);
+    evo_images_free(&im);
+    config_free(&c);
+}
+
+static void test_layer_names(net *nt, const quant *q, const data_set *ds)
+{
+    config c = base_config();
+    c.evolution.layers = LAYERS_LIST;
+    c.evolution.layer_count = 1;
+    c.evolution.layer_list = qv_malloc(sizeof(char *));
+    c.evolution.layer_list[0] = qv_strdup("r1");
+    int idx[4] = {0, 1, 2, 3};
+    evo_images im;
+    evo_images_prepare(&im, ds, idx, 4, nt, q, 4);
+    int8_t *start = qv_malloc(quant_size(q));
+    quant_nearest(q, start);
+    qv_err err;
+    evo_island *is = evo_create(nt, q, start, &c, &im, 0, &err);
+    CHECKF(!is && strstr(err.msg, "evolution.layers[0]: 'r1' is not a conv2d"), "%s", err.msg);
+    evo_free(is);
+    free(start);
+    evo_images_free(&im);
+    config_free(&c);
+}
+
+int main(void)
+{
+    strcpy(dir, "/tmp/qevo-test-evo-XXXXXX");
+    QV_ASSERT(mkdtemp(dir));
+    snprintf(path, sizeof path, "%s/m.safetensors", dir);
+    build_model();
+    net *nt;
+    qv_err err;
+    QV_ASSERT(net_load(path, &nt, &err) == 0);
+    quant_settings qs = {.bits = 3, .granularity = QUANT_PER_CHANNEL};
+    quant *q = quant_create(nt, &qs);
+    data_set *ds = random_data(64);
+    test_operators(q);
+    test_island(nt, q, ds, SEL_PLUS, 64);
+    test_island(nt, q, ds, SEL_COMMA, 64);
+    test_island(nt, q, ds, SEL_PLUS, 0);
+    test_layer_names(nt, q, ds);
+    data_free(ds);
+    quant_free(q);
+    net_free(nt);
+    unlink(path);
+    rmdir(dir);
+    TEST_END("test_evo");
+}
