@@ -66,6 +66,9 @@ static const field fields[] = {
     F("fitness.kind", T_ENUM, fitness.kind, "\"kl\"", 0, 0, 0, fit_names,
       "kl (to the float model, no labels), cross_entropy, accuracy (ties by cross-entropy); "
       "mse or psnr for autoencoders"),
+    F("fitness.temperature", T_NUM, fitness.temperature, "1", 0, 100, 1, NULL,
+      "temperature T of the KL (softmaxes of logits / T, scaled by T^2): T > 1 also weighs "
+      "the classes the float model finds unlikely"),
     F("evolution.population", T_INT, evolution.population, "4", 1, 100000, 0, NULL,
       "parents per island (mu)"),
     F("evolution.offspring", T_INT, evolution.offspring, "8", 1, 100000, 0, NULL,
@@ -91,7 +94,7 @@ static const field fields[] = {
       "layer of a mutation: proportional (to weight count), uniform, or a list of layer names"),
     F("evolution.spread", T_ENUM, evolution.spread, "\"one_layer\"", 0, 0, 0, spread_names,
       "one_layer = a mutation stays in one layer; all_layers = spread over the whole network"),
-    F("evolution.one_fifth", T_BOOL, evolution.one_fifth, "false", 0, 0, 0, NULL,
+    F("evolution.one_fifth", T_BOOL, evolution.one_fifth, "true", 0, 0, 0, NULL,
       "adapt the rate by the 1/5 success rule"),
     F("evolution.cache_mb", T_NUM, evolution.cache_mb, "1024", 0, 1e9, 0, NULL,
       "memory bound (MiB) for cached parent activations per island; 0 = no cache (full passes)"),

@@ -17,10 +17,11 @@ static void apply_reference(net *nt, const quant *q)
 }
 
 void evo_images_prepare(evo_images *im, const data_set *ds, const int *idx, int count,
-                        net *nt, const quant *q, int eval_batch)
+                        net *nt, const quant *q, int eval_batch, double temperature)
 {
     memset(im, 0, sizeof *im);
     im->count = count;
+    im->temperature = temperature;
     op_dims in = net_input_dims(nt), od = net_output_dims(nt);
     size_t in_per = per_image(in), out_per = per_image(od);
     im->x = qv_malloc_aligned(sizeof(float) * in_per * (size_t)(count ? count : 1));
@@ -48,7 +49,7 @@ void evo_images_prepare(evo_images *im, const data_set *ds, const int *idx, int 
         net_forward(nt, a, im->x + (size_t)b0 * in_per, n);
         net_output(nt, a, n, im->teacher + (size_t)b0 * out_per);
     }
-    fit_log_softmax(im->teacher, count, (int)out_per, im->teacher);
+    fit_log_softmax(im->teacher, count, (int)out_per, temperature, im->teacher);
     net_acts_free(a);
     memcpy(net_weights(nt), saved, sizeof(float) * quant_size(q));
     qv_free_aligned(saved);
@@ -70,7 +71,8 @@ static void score_chunk(const net *nt, const net_acts *a, const evo_images *im, 
     size_t out_per = per_image(net_output_dims(nt));
     net_output(nt, a, n, y);
     if (net_get_task(nt) == NET_CLASSIFY)
-        fit_classify(y, n, (int)out_per, im->labels + b0, im->teacher + (size_t)b0 * out_per, t);
+        fit_classify(y, n, (int)out_per, im->labels + b0, im->teacher + (size_t)b0 * out_per,
+                     im->temperature, t);
     else
         fit_reconstruct(y, im->target + (size_t)b0 * out_per, out_per * (size_t)n, n, t);
 }
@@ -100,8 +102,14 @@ static void per_image_scores(const net *nt, const evo_images *im, int b0, int n,
 fit_totals evo_score(net *nt, const quant *q, const int8_t *codes, const evo_images *im,
                      net_acts *work, float *per_image_out)
 {
-    fit_totals t = {0};
     quant_apply(q, nt, codes);
+    return evo_score_weights(nt, im, work, per_image_out);
+}
+
+fit_totals evo_score_weights(const net *nt, const evo_images *im, net_acts *work,
+                             float *per_image_out)
+{
+    fit_totals t = {0};
     int batch = net_acts_batch(work);
     size_t in_per = per_image(net_input_dims(nt)), out_per = per_image(net_output_dims(nt));
     float *y = qv_malloc_aligned(sizeof(float) * out_per * (size_t)batch);
@@ -470,7 +478,7 @@ static void init_slots(evo_island *is)
     is->slot_bytes = net_acts_bytes(probe) * (size_t)is->chunks;
     net_acts_free(probe);
     double budget = is->c->evolution.cache_mb * 1048576.0;
-    int want = is->mu + 2; /* every parent, plus room for promising offspring */
+    int want = 2 * is->mu; /* every parent, and as many promising offspring */
     is->nslots = (int)fmin(want, floor(budget / (double)is->slot_bytes));
     is->slots = qv_calloc((size_t)(is->nslots ? is->nslots : 1), sizeof(net_acts **));
     is->slot_used = qv_calloc((size_t)(is->nslots ? is->nslots : 1), sizeof(bool));
@@ -611,14 +619,25 @@ static void breed(evo_island *is, int j, uint32_t generation)
  * computed: the parent's cut nodes before the resume point and its own from there on.
  * Copying them costs far less than the full pass a new parent would otherwise need.
  * Only possible when the batch is one chunk (the work storage then holds all of it). */
-static void keep_kid_cache(evo_island *is, evo_member *kid, const evo_member *parent,
-                           int resume)
+static void keep_kid_cache(evo_island *is, int j, const evo_member *parent, int resume)
 {
+    evo_member *kid = &is->kids[j];
     if (is->chunks != 1 || evo_key_cmp(kid->key, is->pop[is->mu - 1].key) >= 0)
         return;
     int s = acquire_slot(is);
-    if (s < 0)
-        return;
+    if (s < 0) {
+        /* Take the slot of this generation's worst cached kid, if this one is better:
+         * then the slots go to the kids most likely to survive. */
+        int worst = -1;
+        for (int i = 0; i < j; i++)
+            if (is->kids[i].cache >= 0 &&
+                (worst < 0 || evo_key_cmp(is->kids[i].key, is->kids[worst].key) > 0))
+                worst = i;
+        if (worst < 0 || evo_key_cmp(kid->key, is->kids[worst].key) >= 0)
+            return;
+        s = is->kids[worst].cache;
+        is->kids[worst].cache = -1;
+    }
     int n = chunk_size(is, 0);
     if (parent->cache >= 0)
         net_acts_copy(is->nt, is->slots[parent->cache][0], is->slots[s][0], 0, n);
@@ -636,7 +655,7 @@ static void evaluate_kid(evo_island *is, int j)
     fit_totals t = parent->cache >= 0 ? resumed_pass(is, parent, is->kid_first[j])
                                       : full_pass(is, -1);
     score_member(is, kid, t);
-    keep_kid_cache(is, kid, parent, resume);
+    keep_kid_cache(is, j, parent, resume);
     is->stats.evaluations++;
     is->stats.eval_seconds += qv_now() - t0;
 }

@@ -17,46 +17,48 @@ void fit_add(fit_totals *acc, const fit_totals *t)
         a[i] += b[i];
 }
 
-void fit_log_softmax(const float *logits, int n, int classes, float *logp)
+/* log(sum(exp(z / T))) of one row, in double. */
+static double log_sum_exp(const float *z, int classes, double temperature)
+{
+    double m = z[0] / temperature;
+    for (int c = 1; c < classes; c++)
+        m = z[c] / temperature > m ? z[c] / temperature : m;
+    double s = 0.0;
+    for (int c = 0; c < classes; c++)
+        s += exp(z[c] / temperature - m);
+    return m + log(s);
+}
+
+void fit_log_softmax(const float *logits, int n, int classes, double temperature, float *logp)
 {
     for (int i = 0; i < n; i++) {
         const float *z = logits + (size_t)i * classes;
-        double m = z[0];
-        for (int c = 1; c < classes; c++)
-            m = z[c] > m ? z[c] : m;
-        double s = 0.0;
+        double lse = log_sum_exp(z, classes, temperature);
         for (int c = 0; c < classes; c++)
-            s += exp((double)z[c] - m);
-        double lse = m + log(s);
-        for (int c = 0; c < classes; c++)
-            logp[(size_t)i * classes + c] = (float)((double)z[c] - lse);
+            logp[(size_t)i * classes + c] = (float)(z[c] / temperature - lse);
     }
 }
 
 void fit_classify(const float *logits, int n, int classes, const int32_t *labels,
-                  const float *teacher_logp, fit_totals *t)
+                  const float *teacher_logp, double temperature, fit_totals *t)
 {
     for (int i = 0; i < n; i++) {
         const float *z = logits + (size_t)i * classes;
-        double m = z[0];
         int arg = 0;
         for (int c = 1; c < classes; c++)
-            if (z[c] > m)
-                m = z[c], arg = c;
-        double s = 0.0;
-        for (int c = 0; c < classes; c++)
-            s += exp((double)z[c] - m);
-        double lse = m + log(s);
+            arg = z[c] > z[arg] ? c : arg;
+        double lse = log_sum_exp(z, classes, 1.0);
         if (labels) {
             t->correct += arg == labels[i];
             t->ce += lse - (double)z[labels[i]];
         }
         if (teacher_logp) {
             const float *tp = teacher_logp + (size_t)i * classes;
+            double lse_t = temperature == 1.0 ? lse : log_sum_exp(z, classes, temperature);
             double kl = 0.0;
             for (int c = 0; c < classes; c++)
-                kl += exp((double)tp[c]) * ((double)tp[c] - ((double)z[c] - lse));
-            t->kl += kl;
+                kl += exp((double)tp[c]) * ((double)tp[c] - (z[c] / temperature - lse_t));
+            t->kl += kl * temperature * temperature;
         }
     }
     t->images += n;
@@ -111,7 +113,7 @@ void fit_evaluate(const net *nt, net_acts *acts, const data_set *ds, const int *
         if (net_get_task(nt) == NET_CLASSIFY) {
             for (int i = 0; i < n; i++)
                 labels[i] = ds->labels[idx[b0 + i]];
-            fit_classify(y, n, (int)out_per, labels, NULL, t);
+            fit_classify(y, n, (int)out_per, labels, NULL, 1.0, t);
         } else {
             data_normalize(ds, idx + b0, n, zero, one, target);
             fit_reconstruct(y, target, out_per * (size_t)n, n, t);

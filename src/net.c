@@ -566,8 +566,8 @@ static int build_nodes(loader *L, net *nt, const net_node *params, int output)
                             : per_out * nd->out.c * nd->out.h * nd->out.w;
         }
         ly->node = count++;
+        nt->count = count; /* so that net_free frees the names if a later layer fails */
     }
-    nt->count = count;
     return 0;
 }
 
@@ -659,16 +659,24 @@ static void mark_cuts(net *nt)
 }
 
 /* Images per block of depth-first execution: a pass runs every node on one block of
- * images before the next block, so that a node's input is still in cache when it is read.
- * Small enough that a block's activations stay in cache, large enough that each sgemm
- * has many columns. Depends on the net only, so that all storage for it has one layout. */
+ * images before the next block, so that a node's input is still in cache when it is
+ * read instead of streaming the whole batch through memory at every node. About 1 MiB of
+ * the largest node output per block: small enough to stay in the caches, large enough
+ * that the kernels work on long rows. Depends on the net only, so that all activation
+ * storage of a net has one layout. */
+#define BLOCK_TARGET_FLOATS ((size_t)1 << 18)
+#define BLOCK_MAX 64
+
 static int block_images(const net *nt)
 {
-    const char *env = getenv("QEVO_BLOCK");
-    if (env)
-        return atoi(env);
-    (void)nt;
-    return 16;
+    size_t largest = (size_t)nt->input.c * nt->input.h * nt->input.w;
+    for (int i = 0; i < nt->count; i++) {
+        op_dims d = nt->nodes[i].out;
+        size_t per = (size_t)d.c * d.h * d.w;
+        largest = per > largest ? per : largest;
+    }
+    size_t block = BLOCK_TARGET_FLOATS / largest;
+    return block < 1 ? 1 : block > BLOCK_MAX ? BLOCK_MAX : (int)block;
 }
 
 static int load_graph(loader *L, net *nt)

@@ -96,10 +96,7 @@ static int is_pointwise(const op_conv *p)
 /* Images per chunk so that a chunk's columns hold about COL_TARGET_FLOATS. */
 static int chunk_images(size_t floats_per_image, int n)
 {
-    static size_t target = 0;
-    if (!target)
-        target = getenv("QEVO_COL") ? (size_t)atol(getenv("QEVO_COL")) : COL_TARGET_FLOATS;
-    size_t nb = target / (floats_per_image ? floats_per_image : 1);
+    size_t nb = COL_TARGET_FLOATS / (floats_per_image ? floats_per_image : 1);
     if (nb < 1)
         nb = 1;
     return nb < (size_t)n ? (int)nb : n;
@@ -276,12 +273,10 @@ static void im2col(const float *x, op_dims in, const op_conv *p, op_dims o, int 
  * image, output (oy, ox) of a stride-1 conv reads input q + ki*wp + kj for kernel tap
  * (ki, kj), where q = oy*wp + ox. So over "q-space" (oh rows of wp positions, the last
  * wp - ow of each row junk that is never stored) every tap is a shifted contiguous
- * vector load, and a tile of DIRECT_OCB output channels x DIRECT_Q positions is
- * accumulated in registers over all input channels and taps. */
+ * vector load, and a tile of output channels x q positions is accumulated in registers
+ * over all input channels and taps. */
 
-#define DIRECT_OCB 4  /* output channels per tile */
-#define DIRECT_QV 4   /* 16-float vectors per tile row */
-#define DIRECT_Q (16 * DIRECT_QV) /* q-space positions per tile */
+#define TILE_MAX_Q 64 /* q positions of the longest tile shape */
 
 static bool direct_enabled = true;
 
@@ -311,10 +306,10 @@ static size_t direct_per_image(op_dims in, const op_conv *p)
  * whole tiles, and the last tap reads kw - 1 further (see direct_image). */
 static size_t direct_slack(const op_conv *p)
 {
-    return DIRECT_Q + (size_t)p->kw;
+    return TILE_MAX_Q + (size_t)p->kw;
 }
 
-/* Geometry of one chunk of padded images, (cin, nb, hp, wp). */
+/* Geometry of one chunk of padded images, (cin, nb, hp, wp), and the tile shape. */
 typedef struct {
     int cin, kh, kw;
     int wp;       /* padded row length: q-space's row stride */
@@ -322,7 +317,19 @@ typedef struct {
     size_t chan;  /* floats between input channels: nb * plane */
     int oh, ow;
     int nq;       /* q-space positions per image: oh * wp */
+    int ocb, qv;  /* tile: ocb output channels x qv vectors of 16 q positions */
 } direct_geom;
+
+/* Two tile shapes, each 16 accumulators: 4 channels x 64 positions, which needs the fewest
+ * loads per multiply-add, and 8 x 32, for images whose q-space 64-wide tiles would round
+ * up much further (14 x 14: 224 positions, 256 in 64-wide tiles, 224 in 32-wide ones). */
+static void choose_tile(direct_geom *g, int cout)
+{
+    int waste64 = (g->nq + 63) / 64 * 64 - g->nq, waste32 = (g->nq + 31) / 32 * 32 - g->nq;
+    bool narrow = cout % 8 == 0 && waste64 - waste32 > g->nq / 16;
+    g->ocb = narrow ? 8 : 4;
+    g->qv = narrow ? 2 : 4;
+}
 
 /* xp (cin, nb, hp, wp) = images [n0, n0 + nb) of x with zeros around each plane, then
  * direct_slack() zeros for the over-reads. */
@@ -378,20 +385,20 @@ direct_store(const float *t, const direct_geom *g, int q0, int q1, const float *
     }
 }
 
-/* tile (ocb rows of DIRECT_Q) = bias + the products of output channels [oc0, oc0 + ocb)
- * at q-space positions [q0, q0 + DIRECT_Q) of the image whose padded planes start at xp.
- * Inlined with a constant ocb, so the accumulators live in registers, and for 3-wide
- * kernels with a constant kw, so the innermost loop unrolls. */
+/* tile (ocb rows of 16 * qv floats) = bias + the products of output channels
+ * [oc0, oc0 + ocb) at q-space positions [q0, q0 + 16 * qv) of the image whose padded
+ * planes start at xp. Always inlined with constant ocb, qv and (for 3-wide kernels) kw,
+ * so the accumulators live in registers and the innermost loop unrolls. */
 static inline __attribute__((always_inline, target("avx512f"))) void
 direct_tile(const float *xp, const direct_geom *g, const float *w, const float *b, int oc0,
-            const int ocb, const int kw, int q0, float *tile)
+            const int ocb, const int qv, const int kw, int q0, float *tile)
 {
-    size_t k = (size_t)g->cin * g->kh * g->kw;
-    __m512 acc[DIRECT_OCB][DIRECT_QV];
-#pragma GCC unroll 4
+    size_t k = (size_t)g->cin * g->kh * kw;
+    __m512 acc[8][4];
+#pragma GCC unroll 8
     for (int o = 0; o < ocb; o++)
 #pragma GCC unroll 4
-        for (int j = 0; j < DIRECT_QV; j++)
+        for (int j = 0; j < qv; j++)
             acc[o][j] = _mm512_set1_ps(b ? b[oc0 + o] : 0.0f);
     for (int ic = 0; ic < g->cin; ic++)
         for (int ki = 0; ki < g->kh; ki++)
@@ -399,47 +406,62 @@ direct_tile(const float *xp, const direct_geom *g, const float *w, const float *
             for (int kj = 0; kj < kw; kj++) {
                 const float *xr = xp + ic * g->chan + (size_t)ki * g->wp + kj + q0;
                 const float *wr = w + oc0 * k + ((size_t)ic * g->kh + ki) * kw + kj;
-                __m512 v[DIRECT_QV];
+                __m512 v[4];
 #pragma GCC unroll 4
-                for (int j = 0; j < DIRECT_QV; j++)
+                for (int j = 0; j < qv; j++)
                     v[j] = _mm512_loadu_ps(xr + 16 * j);
-#pragma GCC unroll 4
+#pragma GCC unroll 8
                 for (int o = 0; o < ocb; o++) {
                     __m512 wv = _mm512_set1_ps(wr[o * k]);
 #pragma GCC unroll 4
-                    for (int j = 0; j < DIRECT_QV; j++)
+                    for (int j = 0; j < qv; j++)
                         acc[o][j] = _mm512_fmadd_ps(wv, v[j], acc[o][j]);
                 }
             }
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int o = 0; o < ocb; o++)
 #pragma GCC unroll 4
-        for (int j = 0; j < DIRECT_QV; j++)
-            _mm512_store_ps(tile + o * DIRECT_Q + 16 * j, acc[o][j]);
+        for (int j = 0; j < qv; j++)
+            _mm512_store_ps(tile + o * 16 * qv + 16 * j, acc[o][j]);
+}
+
+/* direct_tile with the tile shape as constants: g's shape, or one channel at a time for
+ * the last cout % g->ocb channels. */
+__attribute__((target("avx512f"))) static void
+direct_tile_of(const float *xp, const direct_geom *g, const float *w, const float *b, int oc0,
+               int ocb, int q0, float *tile)
+{
+    bool k3 = g->kw == 3;
+    if (ocb == 8)
+        k3 ? direct_tile(xp, g, w, b, oc0, 8, 2, 3, q0, tile)
+           : direct_tile(xp, g, w, b, oc0, 8, 2, g->kw, q0, tile);
+    else if (ocb == 4)
+        k3 ? direct_tile(xp, g, w, b, oc0, 4, 4, 3, q0, tile)
+           : direct_tile(xp, g, w, b, oc0, 4, 4, g->kw, q0, tile);
+    else if (g->qv == 2)
+        direct_tile(xp, g, w, b, oc0, 1, 2, g->kw, q0, tile);
+    else
+        direct_tile(xp, g, w, b, oc0, 1, 4, g->kw, q0, tile);
 }
 
 /* One image: y, r (cout planes of oh*ow, ldy apart) = act(conv + b + r). Tiles cover
- * q-space in steps of DIRECT_Q, reading at most DIRECT_Q - 1 positions past the last
+ * q-space in steps of 16 * qv, reading at most 16 * qv - 1 positions past the last
  * one, plus the last tap's (kh-1)*wp + kw-1: that stays within the image's planes (hp
- * rows) but for kw - 1 + DIRECT_Q floats, hence direct_slack(). */
+ * rows) but for kw - 1 + 16 * qv floats, hence direct_slack(). */
 __attribute__((target("avx512f"))) static void
 direct_image(const float *xp, const direct_geom *g, const float *w, const float *b, int cout,
              const float *r, op_act act, float *y, size_t ldy)
 {
-    float tile[DIRECT_OCB * DIRECT_Q] __attribute__((aligned(64)));
-    for (int q0 = 0; q0 < g->nq; q0 += DIRECT_Q) {
-        int q1 = g->nq - q0 < DIRECT_Q ? g->nq : q0 + DIRECT_Q;
+    float tile[4 * TILE_MAX_Q] __attribute__((aligned(64))); /* 4 x 64 or 8 x 32 */
+    int tq = 16 * g->qv;
+    for (int q0 = 0; q0 < g->nq; q0 += tq) {
+        int q1 = g->nq - q0 < tq ? g->nq : q0 + tq;
         for (int oc0 = 0; oc0 < cout;) {
-            int ocb = cout - oc0 >= DIRECT_OCB ? DIRECT_OCB : 1;
-            if (ocb == DIRECT_OCB && g->kw == 3)
-                direct_tile(xp, g, w, b, oc0, DIRECT_OCB, 3, q0, tile);
-            else if (ocb == DIRECT_OCB)
-                direct_tile(xp, g, w, b, oc0, DIRECT_OCB, g->kw, q0, tile);
-            else
-                direct_tile(xp, g, w, b, oc0, 1, g->kw, q0, tile);
+            int ocb = cout - oc0 >= g->ocb ? g->ocb : 1;
+            direct_tile_of(xp, g, w, b, oc0, ocb, q0, tile);
             for (int o = 0; o < ocb; o++) {
                 size_t c = (size_t)(oc0 + o) * ldy;
-                direct_store(tile + o * DIRECT_Q, g, q0, q1, r ? r + c : NULL, act, y + c);
+                direct_store(tile + o * tq, g, q0, q1, r ? r + c : NULL, act, y + c);
             }
             oc0 += ocb;
         }
@@ -460,7 +482,8 @@ static void conv2d_direct(const float *x, op_dims in, const op_conv *p, const fl
     for (int n0 = 0; n0 < in.n; n0 += chunk) {
         int nb = in.n - n0 < chunk ? in.n - n0 : chunk;
         direct_geom g = {p->cin, p->kh, p->kw, wp, (size_t)hp * wp, (size_t)nb * hp * wp,
-                         o.h, o.w, o.h * wp};
+                         o.h, o.w, o.h * wp, 0, 0};
+        choose_tile(&g, p->cout);
         pad_images(x, in, p, n0, nb, &g, ws);
         for (int nl = 0; nl < nb; nl++) {
             size_t off = (size_t)(n0 + nl) * ohw;
@@ -474,9 +497,9 @@ static void conv2d_direct(const float *x, op_dims in, const op_conv *p, const fl
 #endif
 }
 
-/* y = act(conv(x) + b + r), r NULL or shaped like y. Works on chunks of images: each
- * chunk's columns (im2col, or x itself for a pointwise conv) go through one sgemm into a
- * prefilled output that is activated right away. */
+/* y = act(conv(x) + b + r), r NULL or shaped like y. The direct kernel where it applies;
+ * otherwise chunks of images: each chunk's columns (im2col, or x itself for a pointwise
+ * conv) go through one sgemm into a prefilled output that is activated right away. */
 static void conv2d(const float *x, op_dims in, const op_conv *p, const float *w, const float *b,
                    const float *r, op_act act, float *y, float *ws)
 {
@@ -654,10 +677,35 @@ void op_linear_ref(const float *x, int in, int n, const float *w, const float *b
         }
 }
 
+/* The max the reference computes, in its order: m = v > m ? v : m (NaNs are skipped). */
+static inline float max_gt(float m, float v)
+{
+    return v > m ? v : m;
+}
+
+/* The common 2 x 2, stride 2, unpadded case, without the window clipping. */
+static void maxpool_2x2(const float *x, op_dims in, op_dims o, float *y)
+{
+    size_t planes = (size_t)in.c * in.n;
+    for (size_t pl = 0; pl < planes; pl++)
+        for (int oy = 0; oy < o.h; oy++) {
+            const float *r0 = x + (pl * in.h + 2 * (size_t)oy) * in.w, *r1 = r0 + in.w;
+            float *d = y + (pl * o.h + oy) * o.w;
+            for (int ox = 0; ox < o.w; ox++) {
+                float m = max_gt(max_gt(-INFINITY, r0[2 * ox]), r0[2 * ox + 1]);
+                d[ox] = max_gt(max_gt(m, r1[2 * ox]), r1[2 * ox + 1]);
+            }
+        }
+}
+
 /* Pooling works plane by plane: a CNHW tensor is C*N contiguous H x W planes. */
 void op_maxpool(const float *x, op_dims in, const op_pool *p, float *y)
 {
     op_dims o = op_pool_out(in, p);
+    if (p->kh == 2 && p->kw == 2 && p->sh == 2 && p->sw == 2 && p->ph == 0 && p->pw == 0) {
+        maxpool_2x2(x, in, o, y);
+        return;
+    }
     size_t planes = (size_t)in.c * in.n;
     for (size_t pl = 0; pl < planes; pl++) {
         const float *src = x + pl * in.h * in.w;
@@ -672,10 +720,8 @@ void op_maxpool(const float *x, op_dims in, const op_pool *p, float *y)
                 x1 = x1 > in.w ? in.w : x1;
                 float m = -INFINITY;
                 for (int iy = y0; iy < y1; iy++)
-                    for (int ix = x0; ix < x1; ix++) {
-                        float v = src[iy * in.w + ix];
-                        m = v > m ? v : m;
-                    }
+                    for (int ix = x0; ix < x1; ix++)
+                        m = max_gt(m, src[iy * in.w + ix]);
                 dst[oy * o.w + ox] = m;
             }
         }

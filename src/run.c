@@ -174,14 +174,15 @@ void run_draw_batch(run_state *s, uint32_t draw, evo_images *im)
     int b = s->cfg.data.fitness_batch;
     if (b == 0 || b >= s->shard_count) {
         evo_images_prepare(im, s->train, s->shard, s->shard_count, s->nt, s->q,
-                           s->cfg.data.eval_batch);
+                           s->cfg.data.eval_batch, s->cfg.fitness.temperature);
         return;
     }
     int *pick = qv_malloc(sizeof(int) * (size_t)s->shard_count);
     memcpy(pick, s->shard, sizeof(int) * (size_t)s->shard_count);
     rng r = rng_stream(s->cfg.seed, (uint32_t)s->rank, draw, RNG_BATCH);
     rng_shuffle(&r, pick, s->shard_count);
-    evo_images_prepare(im, s->train, pick, b, s->nt, s->q, s->cfg.data.eval_batch);
+    evo_images_prepare(im, s->train, pick, b, s->nt, s->q, s->cfg.data.eval_batch,
+                       s->cfg.fitness.temperature);
     free(pick);
 }
 
@@ -207,10 +208,11 @@ static int setup_islands(run_state *s, qv_err *err)
 {
     make_splits(s);
     run_draw_batch(s, 0, &s->batch);
+    /* Validation and test KL are reported at temperature 1, whatever the fitness uses. */
     evo_images_prepare(&s->val, s->train, s->val_idx, s->val_count, s->nt, s->q,
-                       s->cfg.data.eval_batch);
+                       s->cfg.data.eval_batch, 1.0);
     evo_images_prepare(&s->test_im, s->test, s->test_idx, s->test_count, s->nt, s->q,
-                       s->cfg.data.eval_batch);
+                       s->cfg.data.eval_batch, 1.0);
     s->work = net_acts_create(s->nt, s->cfg.data.eval_batch);
     s->is = evo_create(s->nt, s->q, s->start, &s->cfg, &s->batch, (uint32_t)s->rank, err);
     if (!s->is)

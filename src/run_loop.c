@@ -19,25 +19,9 @@ void run_score_states(run_state *s, const evo_images *im, int8_t *const *codes, 
 
 fit_totals run_score_float(run_state *s, const evo_images *im)
 {
-    /* The float model is the quantizer's reference weights; scoring it through a code
-     * array is not possible, so run it directly. */
-    fit_totals t = {0};
+    /* The float model is the quantizer's reference weights, not a code array. */
     memcpy(net_weights(s->nt), quant_reference(s->q), sizeof(float) * quant_size(s->q));
-    op_dims in = net_input_dims(s->nt), od = net_output_dims(s->nt);
-    size_t in_per = (size_t)in.c * in.h * in.w, out_per = (size_t)od.c * od.h * od.w;
-    int b = net_acts_batch(s->work);
-    float *y = qv_malloc_aligned(sizeof(float) * out_per * (size_t)b);
-    for (int b0 = 0; b0 < im->count; b0 += b) {
-        int n = im->count - b0 < b ? im->count - b0 : b;
-        net_forward(s->nt, s->work, im->x + (size_t)b0 * in_per, n);
-        net_output(s->nt, s->work, n, y);
-        if (net_get_task(s->nt) == NET_CLASSIFY)
-            fit_classify(y, n, (int)out_per, im->labels + b0, im->teacher + (size_t)b0 * out_per,
-                         &t);
-        else
-            fit_reconstruct(y, im->target + (size_t)b0 * out_per, out_per * (size_t)n, n, &t);
-    }
-    qv_free_aligned(y);
+    fit_totals t = evo_score_weights(s->nt, im, s->work, NULL);
     island_sum((double *)&t, FIT_TOTALS_FIELDS);
     return t;
 }

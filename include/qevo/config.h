@@ -38,6 +38,7 @@ typedef struct {
     } data;
     struct {
         fit_kind kind;
+        double temperature;   /* of the KL to the float model */
     } fitness;
     struct {
         int population;       /* mu */

@@ -25,17 +25,22 @@ typedef struct {
     int32_t *labels; /* (count), classifiers */
     float *teacher;  /* (count, classes) log-probabilities of the float model, classifiers */
     float *target;   /* (count, C*H*W) the images in [0, 1], autoencoders */
+    double temperature; /* of the KL to the teacher */
 } evo_images;
 
-/* Prepares images idx[0..count) of ds. The float teacher's outputs are computed with the
- * quantizer's reference weights; nt's weights are restored afterwards. */
+/* Prepares images idx[0..count) of ds. The float teacher's outputs (log-probabilities at
+ * `temperature`) are computed with the quantizer's reference weights; nt's weights are
+ * restored afterwards. */
 void evo_images_prepare(evo_images *im, const data_set *ds, const int *idx, int count,
-                        net *nt, const quant *q, int eval_batch);
+                        net *nt, const quant *q, int eval_batch, double temperature);
 void evo_images_free(evo_images *im);
 
-/* Scores `codes` on all of im by full forward passes (weights applied to nt). If
- * per_image is not NULL it receives, per image, 1/0 for a correct/wrong label
- * (classifiers) or the image's mean squared error (autoencoders), for paired tests. */
+/* Scores the weights now in nt on all of im by full forward passes. If per_image is not
+ * NULL it receives, per image, 1/0 for a correct/wrong label (classifiers) or the
+ * image's mean squared error (autoencoders), for paired tests. */
+fit_totals evo_score_weights(const net *nt, const evo_images *im, net_acts *work,
+                             float *per_image);
+/* The same for a code array (applied to nt first). */
 fit_totals evo_score(net *nt, const quant *q, const int8_t *codes, const evo_images *im,
                      net_acts *work, float *per_image);
 

@@ -26,15 +26,17 @@ typedef struct {
 void fit_add(fit_totals *acc, const fit_totals *t);
 
 /* Adds n images' scores. logits: (n, classes). teacher_logp: the float teacher's
- * log-probabilities (n, classes), or NULL. */
+ * log-probabilities at temperature T (n, classes), or NULL; the KL is then taken between
+ * the softmaxes of logits / T and scaled by T^2 (Hinton et al.'s distillation loss, so
+ * that T > 1 also weighs the classes the teacher finds unlikely). */
 void fit_classify(const float *logits, int n, int classes, const int32_t *labels,
-                  const float *teacher_logp, fit_totals *t);
+                  const float *teacher_logp, double temperature, fit_totals *t);
 /* Adds the squared error of `count` values of n images. */
 void fit_reconstruct(const float *out, const float *target, size_t count, int n,
                      fit_totals *t);
 
-/* Log-softmax of each row of logits (n, classes), computed in double. */
-void fit_log_softmax(const float *logits, int n, int classes, float *logp);
+/* Log-softmax of each row of logits / temperature (n, classes), computed in double. */
+void fit_log_softmax(const float *logits, int n, int classes, double temperature, float *logp);
 
 double fit_accuracy(const fit_totals *t);     /* correct / images */
 double fit_mean_ce(const fit_totals *t);      /* ce / images */

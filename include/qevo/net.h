@@ -112,7 +112,9 @@ char *net_folded_graph_json(const net *n);
 
 /* Activation storage for batches of up to max_batch images: one buffer per node (the
  * incremental evaluation of the optimizer keeps a parent's activations and recomputes
- * from the first changed node) plus the kernels' workspace. */
+ * from the first changed node) plus the kernels' workspace. Passes run depth-first on
+ * blocks of images, and the buffers hold consecutive per-block tensors: read outputs
+ * with net_output. */
 typedef struct net_acts net_acts;
 net_acts *net_acts_create(const net *n, int max_batch);
 void net_acts_free(net_acts *a);

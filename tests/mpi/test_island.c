@@ -164,7 +164,7 @@ static void test_migrant_scoring(const char *path)
     for (int i = 0; i < 16; i++)
         idx[i] = i;
     evo_images im;
-    evo_images_prepare(&im, &ds, idx, 16, nt, q, 16);
+    evo_images_prepare(&im, &ds, idx, 16, nt, q, 16, 1.0);
     config c;
     QV_ASSERT(config_parse("{\"model\": \"m\", \"stop\": {\"generations\": 1}, \"evolution\": "
                            "{\"population\": 2, \"offspring\": 4, \"rate\": 0.05}}", "t", &c,

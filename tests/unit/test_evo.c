@@ -145,7 +145,7 @@ static void test_island(net *nt, const quant *q, const data_set *ds, sel_kind se
     for (int i = 0; i < 40; i++)
         idx[i] = i;
     evo_images im;
-    evo_images_prepare(&im, ds, idx, 40, nt, q, 64);
+    evo_images_prepare(&im, ds, idx, 40, nt, q, 64, 1.0);
     int8_t *start = qv_malloc(quant_size(q));
     quant_nearest(q, start);
     qv_err err;
@@ -198,7 +198,7 @@ static void test_layer_names(net *nt, const quant *q, const data_set *ds)
     c.evolution.layer_list[0] = qv_strdup("r1");
     int idx[4] = {0, 1, 2, 3};
     evo_images im;
-    evo_images_prepare(&im, ds, idx, 4, nt, q, 4);
+    evo_images_prepare(&im, ds, idx, 4, nt, q, 4, 1.0);
     int8_t *start = qv_malloc(quant_size(q));
     quant_nearest(q, start);
     qv_err err;

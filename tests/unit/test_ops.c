@@ -71,6 +71,8 @@ static void test_conv2d(int trial)
     if (trial % 7 == 0) /* many images: several chunks */
         in.n = 300, in.h = in.w = 30, in.c = p.cin = 3, p.kh = p.kw = 5, p.sh = p.sw = 1,
         p.ph = p.pw = 2;
+    if (trial % 11 == 3) /* 14 x 14, 16 channels: the direct kernel's 8-channel tiles */
+        in.h = in.w = 14, p.cout = 16, p.kh = p.kw = 3, p.sh = p.sw = 1, p.ph = p.pw = 1;
     if (in.h + 2 * p.ph < p.kh || in.w + 2 * p.pw < p.kw)
         return;
     op_dims o = op_conv2d_out(in, &p);
@@ -138,12 +140,14 @@ static void test_linear(int trial)
     qv_free_aligned(yr);
 }
 
-static void test_pools(void)
+static void test_pools(int trial)
 {
     op_dims in = {rand_in(1, 6), rand_in(1, 4), rand_in(1, 15), rand_in(1, 15)};
     op_pool p = {rand_in(1, 4), rand_in(1, 4), rand_in(1, 3), rand_in(1, 3), 0, 0};
     p.ph = rand_in(0, p.kh / 2);
     p.pw = rand_in(0, p.kw / 2);
+    if (trial % 3 == 0) /* the 2 x 2 stride-2 fast path, odd sizes included */
+        p = (op_pool){2, 2, 2, 2, 0, 0};
     if (in.h + 2 * p.ph < p.kh || in.w + 2 * p.pw < p.kw)
         return;
     op_dims o = op_pool_out(in, &p);
@@ -227,7 +231,7 @@ int main(void)
         test_conv2d(t);
         test_convt2d(t);
         test_linear(t);
-        test_pools();
+        test_pools(t);
         test_shape_ops(t);
     }
     TEST_END("test_ops");
