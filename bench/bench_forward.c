@@ -3,27 +3,41 @@
  * PyTorch's numbers).
  *
  *   bench_forward [--batch N] [--seconds S] MODEL...                                  */
+#define _POSIX_C_SOURCE 200809L /* clock_gettime */
 #include <cblas.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "qevo/net.h"
 #include "qevo/rng.h"
 #include "qevo/util.h"
 
-/* Runs fn until `seconds` have passed (at least 3 times) and returns seconds per call. */
-static double time_calls(void (*fn)(void *), void *arg, double seconds)
+/* Process CPU seconds: on a loaded machine they are steadier than wall-clock seconds. */
+static double cpu_now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+typedef struct {
+    double wall, cpu; /* seconds per call */
+} timing;
+
+/* Runs fn until `seconds` have passed (at least 3 times): wall and CPU seconds per call. */
+static timing time_calls(void (*fn)(void *), void *arg, double seconds)
 {
     fn(arg); /* warm-up: page faults, OpenBLAS buffers */
     int calls = 0;
-    double t0 = qv_now(), t;
+    double t0 = qv_now(), c0 = cpu_now(), t;
     do {
         fn(arg);
         calls++;
         t = qv_now() - t0;
     } while (t < seconds || calls < 3);
-    return t / calls;
+    return (timing){t / calls, (cpu_now() - c0) / calls};
 }
 
 typedef struct {
@@ -53,6 +67,7 @@ static void run_forward(void *p)
 
 int main(int argc, char **argv)
 {
+    op_blas_select_kernels(argv);
     int batch = 256;
     double seconds = 3.0;
     int first = 1;
@@ -75,10 +90,10 @@ int main(int argc, char **argv)
     g.c = qv_malloc_aligned(sizeof(float) * nn);
     for (size_t i = 0; i < nn; i++)
         g.a[i] = g.b[i] = (float)(i % 7) * 0.1f;
-    double gemm_s = time_calls(run_gemm, &g, seconds);
+    double gemm_s = time_calls(run_gemm, &g, seconds).wall;
     double peak = 2.0 * g.n * g.n * g.n / gemm_s / 1e9;
-    printf("{\"what\": \"sgemm\", \"n\": %d, \"threads\": %d, \"gflops\": %.2f}\n", g.n,
-           openblas_get_num_threads(), peak);
+    printf("{\"what\": \"sgemm\", \"n\": %d, \"threads\": %d, \"core\": \"%s\", "
+           "\"gflops\": %.2f}\n", g.n, openblas_get_num_threads(), openblas_get_corename(), peak);
     qv_free_aligned(g.a), qv_free_aligned(g.b), qv_free_aligned(g.c);
 
     for (int i = first; i < argc; i++) {
@@ -95,11 +110,12 @@ int main(int argc, char **argv)
         for (size_t k = 0; k < n; k++)
             f.x[k] = (float)rng_normal(&r);
         f.acts = net_acts_create(f.nt, batch);
-        double s = time_calls(run_forward, &f, seconds);
-        double gflops = net_flops(f.nt) * batch / s / 1e9;
+        timing t = time_calls(run_forward, &f, seconds);
+        double gflops = net_flops(f.nt) * batch / t.wall / 1e9;
         printf("{\"what\": \"qevo\", \"model\": \"%s\", \"batch\": %d, \"images_per_s\": %.1f, "
-               "\"gflops\": %.2f, \"peak_fraction\": %.3f, \"mflop_per_image\": %.3f}\n",
-               argv[i], batch, batch / s, gflops, gflops / peak, net_flops(f.nt) / 1e6);
+               "\"images_per_cpu_s\": %.1f, \"gflops\": %.2f, \"peak_fraction\": %.3f, "
+               "\"mflop_per_image\": %.3f}\n", argv[i], batch, batch / t.wall, batch / t.cpu,
+               gflops, gflops / peak, net_flops(f.nt) / 1e6);
         fflush(stdout);
         net_acts_free(f.acts);
         qv_free_aligned(f.x);

@@ -23,7 +23,11 @@ import json, os, sys
 qevo = [json.loads(l) for l in open(sys.argv[1])]
 torch = {r["model"]: r for r in map(json.loads, open(sys.argv[2]))}
 peak = next(r for r in qevo if r["what"] == "sgemm")
-print(f"single-thread sgemm peak (1024^3): {peak['gflops']:.1f} GFLOP/s")
+print(f"single-thread sgemm peak (1024^3): {peak['gflops']:.1f} GFLOP/s, OpenBLAS kernels: "
+      f"{peak.get('core', '?')}")
+if os.environ.get("OPENBLAS_CORETYPE"):
+    print(f"note: OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']} is set, so qevo keeps those "
+          f"kernels (unset it to let OpenBLAS and qevo pick)")
 print(f"{'model':<14}{'qevo img/s':>12}{'GFLOP/s':>9}{'of peak':>9}"
       f"{'torch eager':>13}{'ratio':>7}{'torch frozen':>14}{'ratio':>7}")
 for r in qevo:

@@ -114,6 +114,13 @@ static const field fields[] = {
       "stop after this much wall time; 0 = no limit"),
     F("stop.patience", T_INT, stop.patience, "0", 0, BIG, 0, NULL,
       "stop after this many reports without validation improvement; 0 = never"),
+    F("checkpoint.every_generations", T_INT, checkpoint.every_generations, "0", 0, BIG, 0,
+      NULL, "checkpoint every this many generations; 0 = not by generations"),
+    F("checkpoint.every_seconds", T_NUM, checkpoint.every_seconds, "0", 0, 1e9, 0, NULL,
+      "checkpoint every this many seconds of wall time; 0 = not by time (SIGTERM, SIGUSR1 "
+      "and SIGUSR2 always checkpoint)"),
+    F("checkpoint.keep", T_INT, checkpoint.keep, "3", 1, 1000, 0, NULL,
+      "newest checkpoints kept in output.dir/checkpoints"),
     F("report.interval", T_INT, report.interval, "20", 1, BIG, 0, NULL,
       "generations between reports (validation of the island bests, progress line, log)"),
     F("report.grid_images", T_INT, report.grid_images, "12", 0, 1000, 0, NULL,

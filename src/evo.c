@@ -770,3 +770,105 @@ const evo_member *evo_member_at(const evo_island *is, int i)
     QV_ASSERT(i >= 0 && i < is->mu);
     return &is->pop[i];
 }
+
+/* ---- Checkpoint state ----
+ * Layout: u32 mu, u64 n, f64 rate, u64 next_id, evo_stats, then per member u64 id,
+ * u64 born, fit_totals, n code bytes. Host byte order: checkpoints are read back by the
+ * same binary on the same kind of machine. */
+
+static size_t member_bytes(size_t n)
+{
+    return 16 + sizeof(fit_totals) + n;
+}
+
+size_t evo_state_size(const evo_island *is)
+{
+    return 4 + 8 + 8 + 8 + sizeof(evo_stats) + (size_t)is->mu * member_bytes(is->n);
+}
+
+#define PUT(p, v) (memcpy((p), &(v), sizeof(v)), (p) += sizeof(v))
+#define GET(p, v) (memcpy(&(v), (p), sizeof(v)), (p) += sizeof(v))
+
+void evo_state_write(const evo_island *is, unsigned char *p)
+{
+    uint32_t mu = (uint32_t)is->mu;
+    uint64_t n = is->n;
+    PUT(p, mu);
+    PUT(p, n);
+    PUT(p, is->rate);
+    PUT(p, is->next_id);
+    PUT(p, is->stats);
+    for (int i = 0; i < is->mu; i++) {
+        PUT(p, is->pop[i].id);
+        PUT(p, is->pop[i].born);
+        PUT(p, is->pop[i].totals);
+        memcpy(p, is->pop[i].codes, is->n);
+        p += is->n;
+    }
+}
+
+int evo_state_read(evo_island *is, const unsigned char *const *bufs, const size_t *lens,
+                   int count, qv_err *err)
+{
+    int total = 0;
+    for (int k = 0; k < count; k++) {
+        const unsigned char *p = bufs[k];
+        uint32_t mu;
+        uint64_t n;
+        if (lens[k] < 20)
+            return qv_fail(err, "saved island %d: truncated state", k);
+        GET(p, mu);
+        GET(p, n);
+        if (n != is->n || lens[k] != 28 + sizeof(evo_stats) + mu * member_bytes(is->n))
+            return qv_fail(err, "saved island %d: state of %llu weights x %u members does not "
+                           "fit this model (%zu weights)", k, (unsigned long long)n, mu, is->n);
+        total += (int)mu;
+    }
+    evo_member *all = qv_calloc((size_t)total, sizeof(evo_member));
+    evo_stats sum = {0};
+    int m = 0;
+    for (int k = 0; k < count; k++) {
+        const unsigned char *p = bufs[k];
+        uint32_t mu;
+        uint64_t n, next_id;
+        double rate;
+        evo_stats st;
+        GET(p, mu);
+        GET(p, n);
+        GET(p, rate);
+        GET(p, next_id);
+        GET(p, st);
+        if (k == 0)
+            is->rate = rate;
+        is->next_id = k == 0 || next_id > is->next_id ? next_id : is->next_id;
+        sum.evaluations += st.evaluations, sum.incremental += st.incremental;
+        sum.cache_builds += st.cache_builds, sum.accepted += st.accepted;
+        sum.migrants_in += st.migrants_in, sum.migrants_accepted += st.migrants_accepted;
+        sum.eval_seconds += st.eval_seconds, sum.flops += st.flops;
+        for (uint32_t i = 0; i < mu; i++, m++) {
+            GET(p, all[m].id);
+            GET(p, all[m].born);
+            GET(p, all[m].totals);
+            all[m].codes = (int8_t *)p; /* borrowed until copied below */
+            all[m].key = evo_key_of(is->c->fitness.kind, &all[m].totals);
+            p += is->n;
+        }
+    }
+    /* Members keep their saved order within an island, which is already best first;
+     * across islands the scores decide. */
+    if (count > 1)
+        qsort(all, (size_t)total, sizeof(evo_member), cmp_members);
+    for (int i = 0; i < is->mu; i++) {
+        evo_member *dst = &is->pop[i];
+        const evo_member *src = &all[i % total];
+        release(is, dst);
+        memcpy(dst->codes, src->codes, is->n);
+        dst->totals = src->totals;
+        dst->key = src->key;
+        dst->id = src->id;
+        dst->born = src->born;
+    }
+    is->stats = sum;
+    free(all);
+    return 0;
+}

@@ -76,6 +76,13 @@ bool island_any(bool flag)
     return any != 0;
 }
 
+int island_or(int flags)
+{
+    int all;
+    MPI_Allreduce(&flags, &all, 1, MPI_INT, MPI_BOR, MPI_COMM_WORLD);
+    return all;
+}
+
 void island_sum(double *v, int count)
 {
     MPI_Allreduce(MPI_IN_PLACE, v, count, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);

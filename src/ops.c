@@ -361,8 +361,8 @@ __attribute__((target("avx512f"))) static void
 direct_store(const float *t, const direct_geom *g, int q0, int q1, const float *r, op_act act,
              float *y)
 {
-    for (int q = q0; q < q1;) {
-        int oy = q / g->wp, ox = q % g->wp;
+    int oy = q0 / g->wp, ox = q0 % g->wp;
+    for (int q = q0; q < q1; oy++, ox = 0) {
         int run = g->wp - ox < q1 - q ? g->wp - ox : q1 - q;
         int valid = ox >= g->ow ? 0 : g->ow - ox < run ? g->ow - ox : run;
         size_t at = (size_t)oy * g->ow + ox;

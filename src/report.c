@@ -121,6 +121,23 @@ int report_log_append(report_log *log, const char *json_line, qv_err *err)
     return 0;
 }
 
+report_log *report_log_open_at(const char *path, long long bytes, qv_err *err)
+{
+    if (truncate(path, (off_t)bytes) != 0) {
+        qv_fail(err, "%s: cannot cut back to %lld bytes: %s", path, bytes, strerror(errno));
+        return NULL;
+    }
+    return report_log_open(path, err);
+}
+
+long long report_log_size(const report_log *log)
+{
+    if (!log)
+        return 0;
+    off_t end = lseek(log->fd, 0, SEEK_END);
+    return end < 0 ? 0 : (long long)end;
+}
+
 void report_log_close(report_log *log)
 {
     if (!log)

@@ -3,6 +3,7 @@
 
 #include <jansson.h>
 #include <math.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -15,15 +16,47 @@
 #include "qevo/report.h"
 #include "run_internal.h"
 
+static volatile sig_atomic_t pending_signals;
+
+static void on_signal(int sig)
+{
+    pending_signals |= sig == SIGUSR1 ? RUN_SIGNAL_CHECKPOINT : RUN_SIGNAL_STOP;
+}
+
+int run_take_signals(void)
+{
+    int s = pending_signals;
+    pending_signals = 0;
+    return s;
+}
+
+/* SIGTERM (a scheduler ending the job), SIGUSR2: checkpoint at the next generation
+ * boundary and exit 0. SIGUSR1: checkpoint and go on. The handler only sets a flag. */
+static void install_signal_handlers(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGUSR1, &sa, NULL);
+    sigaction(SIGUSR2, &sa, NULL);
+}
+
 static const char usage[] =
     "usage: qevo-island CONFIG.json [--set KEY=VALUE]... [--dry-run]\n"
     "       mpirun -n N qevo-island CONFIG.json\n"
     "\n"
     "Evolves the quantization state of a model on N islands (one per MPI rank) that\n"
     "exchange their best states, and reports what was gained on the held-out test split.\n"
+    "A run resumes by itself from the newest valid checkpoint in its output folder.\n"
+    "SIGTERM or SIGUSR2: checkpoint and exit 0; SIGUSR1: checkpoint and go on.\n"
     "\n"
     "  --set KEY=VALUE   override one configuration key, e.g. --set evolution.rate=0.001\n"
     "                    --set stop.generations=50 --set output.dir=runs/x\n"
+    "  --resume DIR      resume from the newest valid checkpoint in DIR (a run's output\n"
+    "                    folder, its checkpoints folder, or one checkpoint)\n"
     "  --dry-run         check the configuration, write the resolved config and the data\n"
     "                    splits to the output folder, and stop\n"
     "  --help-config     list every configuration key with its default\n";
@@ -48,6 +81,10 @@ static int parse_args(int argc, char **argv, run_state *s)
             if (i + 1 >= argc)
                 return qv_fail(&s->err, "--set needs KEY=VALUE"), 1;
             s->overrides[s->noverrides++] = argv[++i];
+        } else if (!strcmp(a, "--resume")) {
+            if (i + 1 >= argc)
+                return qv_fail(&s->err, "--resume needs a folder"), 1;
+            s->resume_dir = argv[++i];
         } else if (!strcmp(a, "--dry-run")) {
             s->dry_run = true;
         } else if (a[0] == '-') {
@@ -223,6 +260,7 @@ static int setup_islands(run_state *s, qv_err *err)
         return -1;
     s->best = qv_malloc(quant_size(s->q) ? quant_size(s->q) : 1);
     memcpy(s->best, s->start, quant_size(s->q));
+    s->island_val = qv_calloc((size_t)s->nranks, sizeof(fit_totals));
     return 0;
 }
 
@@ -255,6 +293,7 @@ void run_state_free(run_state *s)
 int run_island(int argc, char **argv)
 {
     island_init(&argc, &argv);
+    install_signal_handlers();
     run_state s = {0};
     s.rank = island_rank();
     s.nranks = island_count();
@@ -281,6 +320,8 @@ int run_setup(run_state *s)
         return -1;
     rc = setup_islands(s, &local);
     if (island_agree(rc, &local, &s->err))
+        return -1;
+    if (!s->dry_run && run_resume(s))
         return -1;
     rc = s->rank == 0 ? run_write_setup_files(s, &local) : 0;
     if (island_agree(rc, &local, &s->err))

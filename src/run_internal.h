@@ -54,6 +54,12 @@ typedef struct {
     double last_report_time;
     double last_report_evals;
     report_log *log;
+    /* checkpoints */
+    const char *resume_dir;   /* --resume DIR, or NULL: look in output.dir/checkpoints */
+    bool resumed;
+    bool interrupted;         /* stopped by a signal after a checkpoint */
+    double last_checkpoint_time;
+    long long log_bytes;      /* log.jsonl length to resume at */
     /* time per phase */
     double t_start, t_setup, t_migration, t_validation, t_test;
 } run_state;
@@ -66,6 +72,18 @@ void run_state_free(run_state *s);
 int run_loop(run_state *s);
 /* Test scores, result.json, best.safetensors, PNGs. */
 int run_results(run_state *s);
+/* Collective: writes a checkpoint of the current generation. */
+int run_checkpoint(run_state *s);
+/* Collective: resumes from the newest valid checkpoint (or --resume DIR) if there is
+ * one; returns 0 (s->resumed tells whether), or -1 with s->err. */
+int run_resume(run_state *s);
+/* Signals seen since the last call (SIGUSR1: checkpoint; SIGTERM, SIGUSR2: checkpoint
+ * and stop). The handlers only set these bits. */
+enum { RUN_SIGNAL_CHECKPOINT = 1, RUN_SIGNAL_STOP = 2 };
+int run_take_signals(void);
+
+/* Notes a migrant's arrival from `sender` for the next report. */
+void record_migration_event(run_state *s, int sender, int accepted);
 
 /* The island's fitness batch number `draw`: the whole shard, or fitness_batch images
  * drawn from it by the seed. */

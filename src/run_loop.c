@@ -92,8 +92,12 @@ int run_write_setup_files(run_state *s, qv_err *err)
     if (rc || s->dry_run)
         return rc;
     snprintf(path, sizeof path, "%s/log.jsonl", dir);
-    remove(path); /* a new run starts a new log */
-    s->log = report_log_open(path, err);
+    if (s->resumed) {
+        s->log = report_log_open_at(path, s->log_bytes, err); /* as the checkpoint saw it */
+    } else {
+        remove(path); /* a new run starts a new log */
+        s->log = report_log_open(path, err);
+    }
     return s->log ? 0 : -1;
 }
 
@@ -133,7 +137,7 @@ static void print_header(run_state *s)
 
 /* ---- Migration ---- */
 
-static void record_migration(run_state *s, int sender, int accepted)
+void record_migration_event(run_state *s, int sender, int accepted)
 {
     if (s->nmig == s->mig_cap) {
         s->mig_cap = s->mig_cap ? 2 * s->mig_cap : 16;
@@ -166,7 +170,8 @@ static void migrate(run_state *s)
     for (int i = 0; i < in.count; i++) {
         memcpy(codes, s->start, n);
         evo_patch(codes, in.changes[i], in.nchanges[i]);
-        record_migration(s, in.source[i], evo_import(s->is, codes, s->cfg.islands.policy));
+        record_migration_event(s, in.source[i],
+                               evo_import(s->is, codes, s->cfg.islands.policy));
     }
     free(codes);
     island_states_free(&in);
@@ -362,24 +367,40 @@ static void redraw(run_state *s)
     evo_set_batch(s->is, &s->batch);
 }
 
-/* Collective: every rank stops at the same generation. */
-static bool should_stop(run_state *s)
+enum { ACT_STOP = 1, ACT_CHECKPOINT = 2, ACT_INTERRUPT = 4 };
+
+/* Collective: what every rank does at this generation boundary. Stopping and
+ * checkpointing are agreed in one reduction, so all ranks act at the same generation. */
+static int boundary_actions(run_state *s)
 {
     const config *c = &s->cfg;
-    bool stop = c->stop.generations && s->generation >= c->stop.generations;
-    /* Wall time is rank 0's clock, shared through the agreement below. */
+    int act = 0;
+    if (c->stop.generations && s->generation >= c->stop.generations)
+        act |= ACT_STOP;
+    /* Wall time is rank 0's clock; the reduction shares its decision. */
     if (s->rank == 0 && c->stop.seconds && qv_now() - s->t_start >= c->stop.seconds)
-        stop = true;
+        act |= ACT_STOP;
     if (c->stop.patience && s->last_report == s->generation &&
         s->stale_reports >= c->stop.patience)
-        stop = true; /* validation totals are identical on every rank */
-    return island_any(stop);
+        act |= ACT_STOP; /* validation totals are identical on every rank */
+    if (c->checkpoint.every_generations && s->generation % c->checkpoint.every_generations == 0)
+        act |= ACT_CHECKPOINT;
+    if (s->rank == 0 && c->checkpoint.every_seconds &&
+        qv_now() - s->last_checkpoint_time >= c->checkpoint.every_seconds)
+        act |= ACT_CHECKPOINT;
+    int sig = run_take_signals();
+    if (sig & RUN_SIGNAL_CHECKPOINT)
+        act |= ACT_CHECKPOINT;
+    if (sig & RUN_SIGNAL_STOP)
+        act |= ACT_CHECKPOINT | ACT_INTERRUPT;
+    return island_or(act);
 }
 
 int run_loop(run_state *s)
 {
     const config *c = &s->cfg;
     s->last_report_time = qv_now();
+    s->last_checkpoint_time = qv_now();
     for (;;) {
         s->generation++;
         evo_generation(s->is, (uint32_t)s->generation);
@@ -389,8 +410,19 @@ int run_loop(run_state *s)
             redraw(s);
         if (s->generation % c->report.interval == 0 && report(s))
             return -1;
-        if (should_stop(s))
+        int act = boundary_actions(s);
+        if ((act & ACT_CHECKPOINT) && run_checkpoint(s))
+            return -1;
+        if (act & ACT_INTERRUPT) {
+            s->interrupted = true;
+            return 0;
+        }
+        if (act & ACT_STOP) {
+            bool checkpoints = c->checkpoint.every_generations || c->checkpoint.every_seconds;
+            if (checkpoints && !(act & ACT_CHECKPOINT) && run_checkpoint(s))
+                return -1; /* the end of a run can be resumed with a later stop */
             break;
+        }
     }
     /* The last generation always reaches validation, so no state goes unconsidered. */
     if (s->last_report != s->generation && report(s))
@@ -415,15 +447,22 @@ int run_all(run_state *s)
     run_score_states(s, &s->val, baselines, 2, base);
     s->nearest_val = base[0];
     s->start_val = base[1];
-    s->best_val = base[1];
-    s->have_best = true; /* the start state is the best known until validation says more */
-    s->best_island = -1;
-    s->island_val = qv_calloc((size_t)s->nranks, sizeof(fit_totals));
-    for (int r = 0; r < s->nranks; r++)
-        s->island_val[r] = s->start_val;
+    if (!s->resumed) {
+        /* The start state is the best known until validation says more. */
+        s->best_val = base[1];
+        s->best_island = -1;
+        for (int r = 0; r < s->nranks; r++)
+            s->island_val[r] = s->start_val;
+    }
     s->t_validation += qv_now() - t0;
     print_header(s);
     if (run_loop(s))
         return -1;
+    if (s->interrupted) {
+        if (s->rank == 0)
+            printf("qevo-island: stopped by a signal at generation %d after writing a "
+                   "checkpoint; run again to resume\n", s->generation);
+        return 0;
+    }
     return run_results(s);
 }

@@ -71,6 +71,11 @@ typedef struct {
         int patience;         /* reports without validation improvement; 0 = never */
     } stop;
     struct {
+        int every_generations; /* 0 = not by generations */
+        double every_seconds;  /* 0 = not by time */
+        int keep;              /* newest checkpoints kept */
+    } checkpoint;
+    struct {
         int interval;         /* generations between reports (validation, progress) */
         int grid_images;      /* autoencoder PNG grid: test images shown */
     } report;

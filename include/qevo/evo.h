@@ -126,6 +126,18 @@ void evo_set_batch(evo_island *is, const evo_images *batch);
  * it replaced a member. */
 int evo_import(evo_island *is, const int8_t *codes, migrate_policy policy);
 
+/* The island's state (population with scores and ids, rate, counters) as bytes, for
+ * checkpoints. Activation caches are not part of it: they are rebuilt on demand and
+ * change only speed, never results. */
+size_t evo_state_size(const evo_island *is);
+void evo_state_write(const evo_island *is, unsigned char *buf);
+/* Restores from one or more saved islands' states (several when a run resumes on fewer
+ * ranks): the best `population` members of their union, best first, with the first
+ * state's rate and the summed counters. Returns 0, or -1 if a state does not fit
+ * (another model or population). */
+int evo_state_read(evo_island *is, const unsigned char *const *bufs, const size_t *lens,
+                   int count, qv_err *err);
+
 int evo_size(const evo_island *is);
 /* Members sorted best first. */
 const evo_member *evo_member_at(const evo_island *is, int i);

@@ -27,6 +27,8 @@ int island_agree(int status, const qv_err *local, qv_err *err);
 char *island_bcast_string(const char *s);
 /* Collective: true on every rank if flag is true on any. */
 bool island_any(bool flag);
+/* Collective: the bitwise OR of every rank's flags. */
+int island_or(int flags);
 /* Collective: element-wise sums over ranks, in place (exact for integer counts; the
  * same reduction order every run). fit_totals are plain doubles: pass
  * (double *)t, count * FIT_TOTALS_FIELDS. */

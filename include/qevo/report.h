@@ -21,6 +21,11 @@ int report_write_png_grid(const char *path, const float *images, int rows, int c
  * fsync, so a crash or kill never leaves a half-written record behind. */
 typedef struct report_log report_log;
 report_log *report_log_open(const char *path, qv_err *err);
+/* Opens an existing log cut back to its first `bytes` bytes (a resumed run continues the
+ * log its checkpoint saw). */
+report_log *report_log_open_at(const char *path, long long bytes, qv_err *err);
+/* Bytes written so far. */
+long long report_log_size(const report_log *log);
 int report_log_append(report_log *log, const char *json_line, qv_err *err);
 void report_log_close(report_log *log);
 

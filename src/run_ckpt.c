@@ -1,0 +1,388 @@
+/* Checkpoints of a run: every island's state and the run's own (global best, report
+ * counters, log position), written together at a generation boundary, and resuming
+ * from the newest whole one, also on another number of ranks. */
+#define _POSIX_C_SOURCE 200809L
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "qevo/ckpt.h"
+#include "run_internal.h"
+
+/* Keys that may change between a run and its resumption: they change when or where a
+ * run stops or reports, or its speed, never its results. */
+static const char *const resumable_keys[] = {
+    "stop.generations", "stop.seconds", "stop.patience", "output.dir",
+    "checkpoint.every_generations", "checkpoint.every_seconds", "checkpoint.keep",
+    "report.grid_images", "evolution.cache_mb", NULL};
+
+static char *root_of(const run_state *s)
+{
+    size_t n = strlen(s->cfg.output.dir) + 16;
+    char *p = qv_malloc(n);
+    snprintf(p, n, "%s/checkpoints", s->cfg.output.dir);
+    return p;
+}
+
+static void island_name(char *buf, size_t cap, int island)
+{
+    snprintf(buf, cap, "island-%05d.bin", island);
+}
+
+/* ---- Writing ---- */
+
+typedef struct {
+    uint32_t version, island;
+    uint64_t generation;
+    uint32_t draws, validated_once;
+    uint64_t validated_id;
+    uint32_t nmig, pad;
+} island_header;
+
+static unsigned char *island_payload(const run_state *s, size_t *len)
+{
+    island_header h = {1, (uint32_t)s->rank, (uint64_t)s->generation, s->draws,
+                       s->validated_once, s->validated_id, (uint32_t)s->nmig, 0};
+    size_t events = (size_t)s->nmig * 2 * sizeof(int32_t);
+    *len = sizeof h + events + evo_state_size(s->is);
+    unsigned char *buf = qv_malloc(*len), *p = buf;
+    memcpy(p, &h, sizeof h);
+    p += sizeof h;
+    for (int i = 0; i < s->nmig; i++) {
+        int32_t ev[2] = {s->mig_sender[i], s->mig_accepted[i]};
+        memcpy(p, ev, sizeof ev);
+        p += sizeof ev;
+    }
+    evo_state_write(s->is, p);
+    return buf;
+}
+
+static json_t *totals_json(const fit_totals *t)
+{
+    const double *v = (const double *)t;
+    json_t *a = json_array();
+    for (int i = 0; i < FIT_TOTALS_FIELDS; i++)
+        json_array_append_new(a, json_real(v[i]));
+    return a;
+}
+
+static char *run_json(const run_state *s)
+{
+    json_t *islands = json_array();
+    for (int r = 0; r < s->nranks; r++)
+        json_array_append_new(islands, totals_json(&s->island_val[r]));
+    json_t *j = json_pack(
+        "{si sI si ss sf sf sf sf si sf si si si sI so so}", "version", 1, "generation",
+        (json_int_t)s->generation, "islands", s->nranks, "config", s->resolved, "elapsed",
+        qv_now() - s->t_start, "t_setup", s->t_setup, "t_migration", s->t_migration,
+        "t_validation", s->t_validation, "last_report", s->last_report, "last_report_evals",
+        s->last_report_evals, "stale_reports", s->stale_reports, "best_generation",
+        s->best_generation, "best_island", s->best_island, "log_bytes",
+        (json_int_t)report_log_size(s->log), "best_val", totals_json(&s->best_val),
+        "island_val", islands);
+    char *text = json_dumps(j, JSON_INDENT(1) | JSON_REAL_PRECISION(17));
+    json_decref(j);
+    return text;
+}
+
+int run_checkpoint(run_state *s)
+{
+    double t0 = qv_now();
+    char *root = root_of(s);
+    qv_err local = {{0}};
+    int rc = s->rank == 0 ? ckpt_begin(root, (uint64_t)s->generation, &local) : 0;
+    if (island_agree(rc, &local, &s->err)) {
+        free(root);
+        return -1;
+    }
+    char *dir = ckpt_staging_dir(root, (uint64_t)s->generation), name[64];
+    size_t len;
+    unsigned char *payload = island_payload(s, &len);
+    island_name(name, sizeof name, s->rank);
+    rc = ckpt_write_blob(dir, name, payload, len, &local);
+    free(payload);
+    if (island_agree(rc, &local, &s->err) == 0 && s->rank == 0) {
+        char *text = run_json(s);
+        rc = ckpt_write_blob(dir, "run.json", text, strlen(text), &local);
+        free(text);
+        if (rc == 0)
+            rc = ckpt_write_blob(dir, "best.bin", s->best, quant_size(s->q), &local);
+        if (rc == 0)
+            rc = ckpt_commit(root, (uint64_t)s->generation, s->cfg.checkpoint.keep, &local);
+        if (rc == 0)
+            printf("checkpoint: generation %d (%.1f s)\n", s->generation, qv_now() - t0);
+        fflush(stdout);
+    } else if (s->err.msg[0]) {
+        rc = -1;
+    }
+    free(dir);
+    free(root);
+    s->last_checkpoint_time = qv_now();
+    return island_agree(rc, &local, &s->err);
+}
+
+/* ---- Finding and verifying ---- */
+
+static int check_checkpoint(const char *dir, void *arg)
+{
+    (void)arg;
+    unsigned char *text;
+    size_t len;
+    qv_err err;
+    if (ckpt_read_blob(dir, "run.json", &text, &len, &err))
+        return -1;
+    json_t *j = json_loads((const char *)text, 0, NULL);
+    free(text);
+    int islands = (int)json_integer_value(json_object_get(j, "islands"));
+    json_decref(j);
+    if (islands < 1)
+        return -1;
+    unsigned char *blob;
+    if (ckpt_read_blob(dir, "best.bin", &blob, &len, &err))
+        return -1;
+    free(blob);
+    for (int i = 0; i < islands; i++) {
+        char name[64];
+        island_name(name, sizeof name, i);
+        if (ckpt_read_blob(dir, name, &blob, &len, &err))
+            return -1;
+        free(blob);
+    }
+    return 0;
+}
+
+/* Collective: the checkpoint to resume from (rank 0 looks), or NULL. An explicit
+ * --resume DIR must hold a valid one. */
+static char *find_checkpoint(run_state *s, qv_err *local, int *rc)
+{
+    char *found = NULL;
+    *rc = 0;
+    if (s->rank == 0) {
+        char *root = s->resume_dir ? qv_strdup(s->resume_dir) : root_of(s);
+        /* --resume accepts a run's output folder, its checkpoints folder, or one checkpoint. */
+        if (check_checkpoint(root, NULL) == 0) {
+            found = qv_strdup(root);
+        } else {
+            int skipped;
+            found = ckpt_latest(root, check_checkpoint, NULL, &skipped);
+            if (!found && s->resume_dir) {
+                size_t n = strlen(root) + 16;
+                char *sub = qv_malloc(n);
+                snprintf(sub, n, "%s/checkpoints", root);
+                found = ckpt_latest(sub, check_checkpoint, NULL, &skipped);
+                free(sub);
+            }
+            if (skipped)
+                printf("checkpoint: skipped %d incomplete or corrupt checkpoint%s\n", skipped,
+                       skipped > 1 ? "s" : "");
+            if (!found && s->resume_dir)
+                *rc = qv_fail(local, "--resume %s: no valid checkpoint there", s->resume_dir);
+        }
+        free(root);
+    }
+    char *shared = island_bcast_string(found ? found : "");
+    free(found);
+    if (!shared[0]) {
+        free(shared);
+        return NULL;
+    }
+    return shared;
+}
+
+static bool resumable(const char *path)
+{
+    for (const char *const *k = resumable_keys; *k; k++)
+        if (!strcmp(*k, path))
+            return true;
+    return false;
+}
+
+/* Appends "path (old -> new)" for every setting that differs and matters. */
+static void diff_json(json_t *a, json_t *b, const char *prefix, char *out, size_t cap)
+{
+    if (json_is_object(a)) {
+        const char *key;
+        json_t *v;
+        json_object_foreach(a, key, v) {
+            char path[256];
+            snprintf(path, sizeof path, "%s%s%s", prefix, prefix[0] ? "." : "", key);
+            diff_json(v, json_object_get(b, key), path, out, cap);
+        }
+        return;
+    }
+    if (resumable(prefix) || (b && json_equal(a, b)))
+        return;
+    char *x = json_dumps(a, JSON_ENCODE_ANY | JSON_COMPACT);
+    char *y = b ? json_dumps(b, JSON_ENCODE_ANY | JSON_COMPACT) : NULL;
+    size_t len = strlen(out);
+    snprintf(out + len, cap - len, "%s%s (%s -> %s)", len ? ", " : "", prefix, x,
+             y ? y : "absent");
+    free(x);
+    free(y);
+}
+
+/* Refuses to resume when a setting that matters changed, saying which. */
+static int compare_configs(const char *saved_text, const char *now_text, qv_err *err)
+{
+    json_t *a = saved_text ? json_loads(saved_text, 0, NULL) : NULL;
+    json_t *b = json_loads(now_text, 0, NULL);
+    char changed[QV_ERR_LEN / 2] = "";
+    if (a)
+        diff_json(a, b, "", changed, sizeof changed);
+    json_decref(a);
+    json_decref(b);
+    if (!a)
+        return qv_fail(err, "resume: the checkpoint's configuration is unreadable");
+    if (changed[0])
+        return qv_fail(err, "resume: the configuration changed: %s. Resume with the same "
+                       "settings, or start a new run in another output.dir", changed);
+    return 0;
+}
+
+static void read_totals(json_t *a, fit_totals *t)
+{
+    double *v = (double *)t;
+    for (int i = 0; i < FIT_TOTALS_FIELDS; i++)
+        v[i] = json_real_value(json_array_get(a, (size_t)i));
+}
+
+/* Restores this rank's island from the saved islands mapped onto it. */
+static int restore_island(run_state *s, const char *dir, int saved, qv_err *err)
+{
+    int count = 0;
+    unsigned char *bufs[64];
+    const unsigned char *states[64];
+    size_t lens[64];
+    int rc = 0;
+    /* More saved islands than ranks: rank r takes r, r + n, ...; fewer: r % saved. */
+    for (int i = saved > s->nranks ? s->rank : s->rank % saved; i < saved && count < 64 && rc == 0;
+         i += s->nranks) {
+        char name[64];
+        island_name(name, sizeof name, i);
+        size_t len;
+        rc = ckpt_read_blob(dir, name, &bufs[count], &len, err);
+        if (rc)
+            break;
+        island_header h;
+        memcpy(&h, bufs[count], sizeof h);
+        size_t events = (size_t)h.nmig * 2 * sizeof(int32_t);
+        states[count] = bufs[count] + sizeof h + events;
+        lens[count] = len - sizeof h - events;
+        if (count == 0 && saved == s->nranks) {
+            /* The same islands: the run continues exactly where it stopped. */
+            s->draws = h.draws;
+            s->validated_once = h.validated_once;
+            s->validated_id = h.validated_id;
+            for (uint32_t k = 0; k < h.nmig; k++) {
+                int32_t ev[2];
+                memcpy(ev, bufs[count] + sizeof h + k * sizeof ev, sizeof ev);
+                record_migration_event(s, ev[0], ev[1]);
+            }
+        }
+        count++;
+        if (saved <= s->nranks)
+            break;
+    }
+    if (rc == 0)
+        rc = evo_state_read(s->is, states, lens, count, err);
+    for (int i = 0; i < count; i++)
+        free(bufs[i]);
+    return rc;
+}
+
+static int restore_run(run_state *s, const char *dir, json_t *j, qv_err *err)
+{
+    int saved = (int)json_integer_value(json_object_get(j, "islands"));
+    s->generation = (int)json_integer_value(json_object_get(j, "generation"));
+    s->t_start = qv_now() - json_real_value(json_object_get(j, "elapsed"));
+    s->t_setup = json_real_value(json_object_get(j, "t_setup"));
+    s->t_migration = json_real_value(json_object_get(j, "t_migration"));
+    s->t_validation = json_real_value(json_object_get(j, "t_validation"));
+    s->last_report = (int)json_integer_value(json_object_get(j, "last_report"));
+    s->last_report_evals = json_real_value(json_object_get(j, "last_report_evals"));
+    s->stale_reports = (int)json_integer_value(json_object_get(j, "stale_reports"));
+    s->best_generation = (int)json_integer_value(json_object_get(j, "best_generation"));
+    s->best_island = (int)json_integer_value(json_object_get(j, "best_island"));
+    read_totals(json_object_get(j, "best_val"), &s->best_val);
+    json_t *iv = json_object_get(j, "island_val");
+    for (int r = 0; r < s->nranks; r++)
+        read_totals(json_array_get(iv, (size_t)(r % saved)), &s->island_val[r]);
+    s->log_bytes = (long long)json_integer_value(json_object_get(j, "log_bytes"));
+    unsigned char *best;
+    size_t len;
+    if (ckpt_read_blob(dir, "best.bin", &best, &len, err))
+        return -1;
+    if (len != quant_size(s->q)) {
+        free(best);
+        return qv_fail(err, "%s/best.bin: %zu codes, the model has %zu weights", dir, len,
+                       quant_size(s->q));
+    }
+    memcpy(s->best, best, len);
+    free(best);
+    if (restore_island(s, dir, saved, err))
+        return -1;
+    if (saved != s->nranks) {
+        /* Other shards now: score the restored population on this island's batch and
+         * let every island's best be validated afresh. */
+        evo_set_batch(s->is, &s->batch);
+        s->validated_once = false;
+    }
+    return 0;
+}
+
+static void print_mapping(const run_state *s, int saved, const char *dir)
+{
+    if (s->rank != 0)
+        return;
+    printf("resuming from %s (generation %d)", dir, s->generation);
+    if (saved == s->nranks) {
+        printf("\n");
+    } else if (saved > s->nranks) {
+        printf(": %d saved islands on %d ranks, each rank takes the best of its islands:\n",
+               saved, s->nranks);
+        for (int r = 0; r < s->nranks; r++) {
+            printf("  rank %d <- islands", r);
+            for (int i = r; i < saved; i += s->nranks)
+                printf(" %d", i);
+            printf("\n");
+        }
+    } else {
+        printf(": %d saved islands on %d ranks, rank r starts from island r mod %d\n", saved,
+               s->nranks, saved);
+    }
+    fflush(stdout);
+}
+
+int run_resume(run_state *s)
+{
+    qv_err local = {{0}};
+    int rc;
+    char *dir = find_checkpoint(s, &local, &rc);
+    if (island_agree(rc, &local, &s->err) || !dir) {
+        free(dir);
+        return s->err.msg[0] && rc ? -1 : 0;
+    }
+    unsigned char *text = NULL;
+    size_t len;
+    json_t *j = NULL;
+    rc = ckpt_read_blob(dir, "run.json", &text, &len, &local);
+    if (rc == 0) {
+        j = json_loads((const char *)text, 0, NULL);
+        rc = j ? compare_configs(json_string_value(json_object_get(j, "config")), s->resolved,
+                                 &local)
+               : qv_fail(&local, "%s/run.json: invalid JSON", dir);
+    }
+    if (rc == 0)
+        rc = restore_run(s, dir, j, &local);
+    int saved = j ? (int)json_integer_value(json_object_get(j, "islands")) : 0;
+    free(text);
+    json_decref(j);
+    rc = island_agree(rc, &local, &s->err);
+    if (rc == 0) {
+        s->resumed = true;
+        print_mapping(s, saved, dir);
+    }
+    free(dir);
+    return rc;
+}
