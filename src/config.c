@@ -29,6 +29,7 @@ static const char *const step_names[] = {"flip", "pm1", "random", NULL};
 static const char *const spread_names[] = {"one_layer", "all_layers", NULL};
 static const char *const topo_names[] = {"ring", "torus", "full", "random", NULL};
 static const char *const policy_names[] = {"replace_worst_if_better", "replace_worst", NULL};
+static const char *const mode_names[] = {"sync", "async", NULL};
 _Static_assert(QUANT_PER_TENSOR == 0 && QUANT_PER_CHANNEL == 1, "granularity_names order");
 
 #define F(k, t, member, d, lo, hi, open, names, doc) \
@@ -108,6 +109,10 @@ static const field fields[] = {
       "best states each island sends to each neighbour"),
     F("islands.policy", T_ENUM, islands.policy, "\"replace_worst_if_better\"", 0, 0, 0,
       policy_names, "what an arriving migrant replaces"),
+    F("islands.mode", T_ENUM, islands.mode, "\"sync\"", 0, 0, 0, mode_names,
+      "sync = islands migrate, validate and stop together (reproducible); async = islands "
+      "never wait for each other: migrants travel by non-blocking messages, each island "
+      "stops on its own, the bests are validated at the end"),
     F("stop.generations", T_INT, stop.generations, "0", 0, BIG, 0, NULL,
       "stop after this many generations; 0 = no limit"),
     F("stop.seconds", T_NUM, stop.seconds, "0", 0, 1e9, 0, NULL,
@@ -354,6 +359,14 @@ static int check_combinations(const config *c, const char *origin, qv_err *err)
     if (!c->stop.generations && !c->stop.seconds && !c->stop.patience)
         return qv_fail(err, "%s: stop: set at least one of stop.generations, stop.seconds, "
                        "stop.patience", origin);
+    if (c->islands.mode == MODE_ASYNC && c->stop.patience)
+        return qv_fail(err, "%s: stop.patience: needs islands.mode \"sync\" (asynchronous "
+                       "islands validate only at the end)", origin);
+    if (c->islands.mode == MODE_ASYNC &&
+        (c->checkpoint.every_generations || c->checkpoint.every_seconds))
+        return qv_fail(err, "%s: checkpoint: periodic checkpoints need islands.mode \"sync\" "
+                       "(asynchronous islands checkpoint on SIGTERM/SIGUSR2 and at the end)",
+                       origin);
     if (!c->output.dir[0])
         return qv_fail(err, "%s: output.dir: expected a folder name, found \"\"", origin);
     return 0;

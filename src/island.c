@@ -380,3 +380,138 @@ void island_allgather_states(evo_change *const *changes, const size_t *nchanges,
     free(displs);
     free(ranks);
 }
+
+/* ---- Asynchronous migration ---- */
+
+#define TAG_MIGRANTS 17
+
+typedef struct {
+    char *buf;
+    MPI_Request *reqs; /* one per neighbour, all sending buf */
+} pending_send;
+
+struct island_async {
+    island_topology *t;
+    pending_send *pending;
+    int npending, cap;
+    uint64_t sent, received;     /* messages */
+    uint64_t *received_from;     /* per neighbour index */
+};
+
+island_async *island_async_create(island_topology *t)
+{
+    island_async *a = qv_calloc(1, sizeof *a);
+    a->t = t;
+    a->received_from = qv_calloc((size_t)(t->count ? t->count : 1), sizeof(uint64_t));
+    return a;
+}
+
+void island_async_free(island_async *a)
+{
+    if (!a)
+        return;
+    QV_ASSERT(a->npending == 0); /* island_async_finish completes every send */
+    free(a->pending);
+    free(a->received_from);
+    free(a);
+}
+
+void island_async_send(island_async *a, evo_change *const *changes, const size_t *nchanges,
+                       int count)
+{
+    if (a->t->count == 0)
+        return;
+    size_t len;
+    pending_send p = {pack(changes, nchanges, count, &len), NULL};
+    p.reqs = qv_malloc(sizeof(MPI_Request) * (size_t)a->t->count);
+    for (int i = 0; i < a->t->count; i++)
+        MPI_Isend(p.buf, (int)len, MPI_CHAR, a->t->neighbours[i], TAG_MIGRANTS, a->t->comm,
+                  &p.reqs[i]);
+    if (a->npending == a->cap) {
+        a->cap = a->cap ? 2 * a->cap : 8;
+        a->pending = qv_realloc(a->pending, sizeof(pending_send) * (size_t)a->cap);
+    }
+    a->pending[a->npending++] = p;
+    a->sent++;
+}
+
+/* Frees the buffers of sends that have completed. */
+static void retire_sends(island_async *a, bool wait)
+{
+    int kept = 0;
+    for (int i = 0; i < a->npending; i++) {
+        int done = 0;
+        if (wait) {
+            MPI_Waitall(a->t->count, a->pending[i].reqs, MPI_STATUSES_IGNORE);
+            done = 1;
+        } else {
+            MPI_Testall(a->t->count, a->pending[i].reqs, &done, MPI_STATUSES_IGNORE);
+        }
+        if (done) {
+            free(a->pending[i].buf);
+            free(a->pending[i].reqs);
+        } else {
+            a->pending[kept++] = a->pending[i];
+        }
+    }
+    a->npending = kept;
+}
+
+static int neighbour_index(const island_topology *t, int rank)
+{
+    for (int i = 0; i < t->count; i++)
+        if (t->neighbours[i] == rank)
+            return i;
+    QV_ASSERT(0);
+}
+
+/* Receives one message from `source` (MPI_ANY_SOURCE allowed) that is known to exist. */
+static void receive_one(island_async *a, int source, island_states *received)
+{
+    MPI_Status st;
+    MPI_Probe(source, TAG_MIGRANTS, a->t->comm, &st);
+    int len;
+    MPI_Get_count(&st, MPI_CHAR, &len);
+    char *buf = qv_malloc((size_t)(len ? len : 1));
+    MPI_Recv(buf, len, MPI_CHAR, st.MPI_SOURCE, TAG_MIGRANTS, a->t->comm, MPI_STATUS_IGNORE);
+    unpack(buf, (size_t)len, st.MPI_SOURCE, received);
+    free(buf);
+    a->received_from[neighbour_index(a->t, st.MPI_SOURCE)]++;
+    a->received++;
+}
+
+void island_async_receive(island_async *a, island_states *received)
+{
+    memset(received, 0, sizeof *received);
+    for (;;) {
+        int flag;
+        MPI_Status st;
+        MPI_Iprobe(MPI_ANY_SOURCE, TAG_MIGRANTS, a->t->comm, &flag, &st);
+        if (!flag)
+            break;
+        receive_one(a, st.MPI_SOURCE, received);
+    }
+    retire_sends(a, false);
+}
+
+void island_async_finish(island_async *a, island_states *received)
+{
+    memset(received, 0, sizeof *received);
+    /* Every island tells each neighbour how many messages it sent it (the same number to
+     * each), so each knows exactly how many are still to come. */
+    int n = a->t->count;
+    long long *sent = qv_malloc(sizeof(long long) * (size_t)(n ? n : 1));
+    long long *expected = qv_malloc(sizeof(long long) * (size_t)(n ? n : 1));
+    for (int i = 0; i < n; i++)
+        sent[i] = (long long)a->sent;
+    MPI_Neighbor_alltoall(sent, 1, MPI_LONG_LONG, expected, 1, MPI_LONG_LONG, a->t->comm);
+    for (int i = 0; i < n; i++)
+        while ((long long)a->received_from[i] < expected[i])
+            receive_one(a, a->t->neighbours[i], received);
+    retire_sends(a, true);
+    free(sent);
+    free(expected);
+}
+
+uint64_t island_async_sent(const island_async *a) { return a->sent; }
+uint64_t island_async_received(const island_async *a) { return a->received; }

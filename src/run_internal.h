@@ -47,8 +47,10 @@ typedef struct {
     bool validated_once;
     bool have_best;
     int best_generation, best_island, stale_reports;
-    /* migration events of this island since the last report */
+    /* migration: events of this island since the last report; totals */
     int *mig_sender, *mig_accepted, nmig, mig_cap;
+    uint64_t states_sent, bytes_sent;
+    island_async *async;      /* islands.mode "async" */
     /* progress */
     int generation, last_report;
     double last_report_time;
@@ -62,6 +64,7 @@ typedef struct {
     long long log_bytes;      /* log.jsonl length to resume at */
     /* time per phase */
     double t_start, t_setup, t_migration, t_validation, t_test;
+    double t_loop;            /* in the generation loop (this run's part) */
 } run_state;
 
 int run_all(run_state *s);
@@ -84,6 +87,13 @@ int run_take_signals(void);
 
 /* Notes a migrant's arrival from `sender` for the next report. */
 void record_migration_event(run_state *s, int sender, int accepted);
+/* Collective: one synchronous migration. */
+void run_migrate(run_state *s);
+/* Asynchronous migration: sends this island's bests if `send`, and takes in whatever
+ * has arrived; never waits. */
+void run_migrate_async(run_state *s, bool send);
+/* Collective: takes in every state still in flight. */
+void run_migrate_async_finish(run_state *s);
 
 /* The island's fitness batch number `draw`: the whole shard, or fitness_batch images
  * drawn from it by the seed. */

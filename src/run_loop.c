@@ -1,9 +1,11 @@
 /* The generation loop of a run: breeding, migration, batch redraws, reports with
  * data-parallel validation, and the collective stop decision. */
+#define _POSIX_C_SOURCE 200809L
 #include <jansson.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "run_internal.h"
 
@@ -136,51 +138,6 @@ static void print_header(run_state *s)
 }
 
 /* ---- Migration ---- */
-
-void record_migration_event(run_state *s, int sender, int accepted)
-{
-    if (s->nmig == s->mig_cap) {
-        s->mig_cap = s->mig_cap ? 2 * s->mig_cap : 16;
-        s->mig_sender = qv_realloc(s->mig_sender, sizeof(int) * (size_t)s->mig_cap);
-        s->mig_accepted = qv_realloc(s->mig_accepted, sizeof(int) * (size_t)s->mig_cap);
-    }
-    s->mig_sender[s->nmig] = sender;
-    s->mig_accepted[s->nmig++] = accepted;
-}
-
-/* Each island sends its best `migrants` states, as differences from the start state,
- * to its neighbours; arrivals are scored on the receiver's own batch and let in by the
- * replacement policy. */
-static void migrate(run_state *s)
-{
-    double t0 = qv_now();
-    int k = s->cfg.islands.migrants;
-    size_t n = quant_size(s->q);
-    evo_change **changes = qv_malloc(sizeof(evo_change *) * (size_t)k);
-    size_t *counts = qv_malloc(sizeof(size_t) * (size_t)k);
-    for (int i = 0; i < k; i++) {
-        const int8_t *codes = evo_member_at(s->is, i)->codes;
-        counts[i] = evo_diff(s->start, codes, n, NULL);
-        changes[i] = qv_malloc(sizeof(evo_change) * (counts[i] ? counts[i] : 1));
-        evo_diff(s->start, codes, n, changes[i]);
-    }
-    island_states in;
-    island_exchange(s->topo, changes, counts, k, &in);
-    int8_t *codes = qv_malloc(n ? n : 1);
-    for (int i = 0; i < in.count; i++) {
-        memcpy(codes, s->start, n);
-        evo_patch(codes, in.changes[i], in.nchanges[i]);
-        record_migration_event(s, in.source[i],
-                               evo_import(s->is, codes, s->cfg.islands.policy));
-    }
-    free(codes);
-    island_states_free(&in);
-    for (int i = 0; i < k; i++)
-        free(changes[i]);
-    free(changes);
-    free(counts);
-    s->t_migration += qv_now() - t0;
-}
 
 /* ---- Reports ---- */
 
@@ -396,16 +353,106 @@ static int boundary_actions(run_state *s)
     return island_or(act);
 }
 
-int run_loop(run_state *s)
+/* Test hook for asynchronous migration: QEVO_TEST_SLOW_RANK=r and QEVO_TEST_SLOW_MS=m
+ * make island r sleep m milliseconds per generation. */
+static void test_slowdown(const run_state *s)
+{
+    const char *rank = getenv("QEVO_TEST_SLOW_RANK"), *ms = getenv("QEVO_TEST_SLOW_MS");
+    if (!rank || !ms || atoi(rank) != s->rank)
+        return;
+    long m = atol(ms);
+    struct timespec ts = {m / 1000, (m % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* Asynchronous islands report alone: rank 0 prints and logs its own island. */
+static int local_report(run_state *s)
+{
+    if (s->rank != 0)
+        return 0;
+    double st[STAT_COUNT], now = qv_now();
+    island_stats(s, st);
+    double rate = (st[STAT_EVALS] - s->last_report_evals) / fmax(1e-9, now - s->last_report_time);
+    s->last_report_evals = st[STAT_EVALS];
+    s->last_report_time = now;
+    char el[32], mig[32];
+    report_format_duration(now - s->t_start, el, sizeof el);
+    snprintf(mig, sizeof mig, "%.0f/%.0f", st[STAT_MIG_OK], st[STAT_MIG_IN]);
+    printf("%7d %11.5g %11.5g %11s %8s %9.1f %9s %9s %9s\n", s->generation, st[STAT_BEST],
+           st[STAT_MEAN], "-", "-", rate, mig, el, "(island 0)");
+    fflush(stdout);
+    char *events = migration_events_json(s);
+    char line[1024 + 64];
+    snprintf(line, sizeof line,
+             "{\"type\": \"island_report\", \"island\": 0, \"generation\": %d, "
+             "\"elapsed\": %.3f, \"best\": %.10g, \"mean\": %.10g, \"evaluations\": %.0f, "
+             "\"migrants_in\": %.0f, \"migrants_accepted\": %.0f}",
+             s->generation, now - s->t_start, st[STAT_BEST], st[STAT_MEAN], st[STAT_EVALS],
+             st[STAT_MIG_IN], st[STAT_MIG_OK]);
+    free(events);
+    qv_err err;
+    if (report_log_append(s->log, line, &err)) {
+        fprintf(stderr, "qevo-island: %s\n", err.msg); /* reported again at the end */
+        return -1;
+    }
+    return 0;
+}
+
+/* Islands that never wait for each other: each stops on its own conditions (or a
+ * signal); the end is collective: migrants in flight are taken in, then the island
+ * bests are validated together. */
+static int run_loop_async(run_state *s)
 {
     const config *c = &s->cfg;
+    s->async = island_async_create(s->topo);
     s->last_report_time = qv_now();
-    s->last_checkpoint_time = qv_now();
+    double loop_start = qv_now();
+    int failed = 0;
     for (;;) {
         s->generation++;
         evo_generation(s->is, (uint32_t)s->generation);
+        test_slowdown(s);
+        if (s->nranks > 1)
+            run_migrate_async(s, c->islands.interval && s->generation % c->islands.interval == 0);
+        if (c->data.redraw_every && s->generation % c->data.redraw_every == 0)
+            redraw(s);
+        if (s->generation % c->report.interval == 0 && !failed)
+            failed = local_report(s);
+        if (run_take_signals()) { /* any signal: checkpoint and stop (no partner waits) */
+            s->interrupted = true;
+            break;
+        }
+        if ((c->stop.generations && s->generation >= c->stop.generations) ||
+            (c->stop.seconds && qv_now() - s->t_start >= c->stop.seconds))
+            break;
+    }
+    s->t_loop = qv_now() - loop_start;
+    run_migrate_async_finish(s);
+    island_async_free(s->async);
+    s->async = NULL;
+    qv_err local;
+    qv_fail(&local, "writing the log failed");
+    if (island_agree(failed, &local, &s->err))
+        return -1;
+    if (s->interrupted)
+        return run_checkpoint(s);
+    return report(s);
+}
+
+int run_loop(run_state *s)
+{
+    const config *c = &s->cfg;
+    if (c->islands.mode == MODE_ASYNC)
+        return run_loop_async(s);
+    s->last_report_time = qv_now();
+    s->last_checkpoint_time = qv_now();
+    double loop_start = qv_now();
+    for (;;) {
+        s->generation++;
+        evo_generation(s->is, (uint32_t)s->generation);
+        test_slowdown(s);
         if (s->nranks > 1 && c->islands.interval && s->generation % c->islands.interval == 0)
-            migrate(s);
+            run_migrate(s);
         if (c->data.redraw_every && s->generation % c->data.redraw_every == 0)
             redraw(s);
         if (s->generation % c->report.interval == 0 && report(s))
@@ -424,6 +471,7 @@ int run_loop(run_state *s)
             break;
         }
     }
+    s->t_loop = qv_now() - loop_start;
     /* The last generation always reaches validation, so no state goes unconsidered. */
     if (s->last_report != s->generation && report(s))
         return -1;

@@ -77,10 +77,40 @@ static json_t *performance_json(run_state *s, double *evaluations)
                    es->eval_seconds, es->flops};
     island_sum(v, 5);
     *evaluations = v[0];
-    return json_pack("{sIsIsfsfsisf}", "incremental_evaluations", (json_int_t)v[1],
+    double *loops = s->rank == 0 ? qv_malloc(sizeof(double) * (size_t)s->nranks) : NULL;
+    island_gather_doubles(&s->t_loop, 1, loops);
+    json_t *loop_seconds = json_array();
+    for (int r = 0; s->rank == 0 && r < s->nranks; r++)
+        json_array_append_new(loop_seconds, json_real(loops[r]));
+    free(loops);
+    return json_pack("{sIsIsfsfsisfso}", "incremental_evaluations", (json_int_t)v[1],
                      "cache_builds", (json_int_t)v[2], "evaluation_seconds_all_islands", v[3],
                      "gflop", v[4] / 1e9, "cache_slots_per_island", evo_cache_slots(s->is),
-                     "cache_mib_per_parent", evo_cache_bytes(s->is) / 1048576.0);
+                     "cache_mib_per_parent", evo_cache_bytes(s->is) / 1048576.0,
+                     "loop_seconds_per_island", loop_seconds);
+}
+
+/* What moved between islands: states sent and received (equal: none lost or doubled),
+ * bytes of the sparse differences against a whole code array, per-island generations
+ * (they differ in asynchronous mode). */
+static json_t *migration_json(run_state *s)
+{
+    double v[3] = {(double)s->states_sent, (double)evo_get_stats(s->is)->migrants_in,
+                   (double)s->bytes_sent};
+    island_sum(v, 3);
+    double gen = s->generation;
+    double *gens = s->rank == 0 ? qv_malloc(sizeof(double) * (size_t)s->nranks) : NULL;
+    island_gather_doubles(&gen, 1, gens);
+    json_t *per_island = json_array();
+    for (int r = 0; s->rank == 0 && r < s->nranks; r++)
+        json_array_append_new(per_island, json_integer((json_int_t)gens[r]));
+    free(gens);
+    return json_pack("{sssIsIsIsfsIso}", "mode",
+                     s->cfg.islands.mode == MODE_ASYNC ? "async" : "sync", "states_sent",
+                     (json_int_t)v[0], "states_received", (json_int_t)v[1], "bytes_sent",
+                     (json_int_t)v[2], "bytes_per_state", v[0] > 0 ? v[2] / v[0] : 0.0,
+                     "full_state_bytes", (json_int_t)quant_size(s->q),
+                     "generations_per_island", per_island);
 }
 
 /* Rank 0: test images, float, nearest and evolved reconstructions, one row each. */
@@ -161,6 +191,7 @@ int run_results(run_state *s)
     json_t *vs_start = paired_json(s, best_pi, start_pi, n);
     double evaluations;
     json_t *changed = changed_json(s), *perf = performance_json(s, &evaluations);
+    json_t *migration = migration_json(s);
     s->t_test = qv_now() - t0;
     free(near_pi), free(start_pi), free(best_pi);
 
@@ -168,7 +199,7 @@ int run_results(run_state *s)
     const config *c = &s->cfg;
     json_t *result = json_pack(
         "{ss ss si ss s{sisssisi} s{sisisisi} si "
-        "s{s{soso so so} s{soso so so}} s{soso} s{sisisf} so sI so "
+        "s{s{soso so so} s{soso so so}} s{soso} s{sisisf} so sI so so "
         "s{sfsfsfsfsfsf}}",
         "model", c->model, "start", c->start[0] ? c->start : "nearest", "ranks", s->nranks,
         "topology", config_topology_name(c->islands.topology),
@@ -186,7 +217,8 @@ int run_results(run_state *s)
         "test_paired", "evolved_vs_nearest", vs_nearest, "evolved_vs_start", vs_start,
         "best", "island", s->best_island, "generation", s->best_generation,
         "validation_fitness", evo_value(c->fitness.kind, &s->best_val),
-        "changed_weights", changed, "evaluations", (json_int_t)evaluations, "performance", perf,
+        "changed_weights", changed, "evaluations", (json_int_t)evaluations, "migration",
+        migration, "performance", perf,
         "time", "total", total, "setup", s->t_setup, "evaluation",
         json_real_value(json_object_get(perf, "evaluation_seconds_all_islands")) / s->nranks,
         "migration", s->t_migration, "validation", s->t_validation, "test", s->t_test);

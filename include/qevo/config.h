@@ -17,6 +17,7 @@ typedef enum { LAYERS_PROPORTIONAL, LAYERS_UNIFORM, LAYERS_LIST } layer_choice;
 typedef enum { SPREAD_ONE_LAYER, SPREAD_ALL_LAYERS } spread_kind;
 typedef enum { TOPO_RING, TOPO_TORUS, TOPO_FULL, TOPO_RANDOM } topology_kind;
 typedef enum { MIGRATE_REPLACE_WORST_IF_BETTER, MIGRATE_REPLACE_WORST } migrate_policy;
+typedef enum { MODE_SYNC, MODE_ASYNC } migrate_mode;
 
 typedef struct {
     char *model;         /* float model file */
@@ -64,6 +65,7 @@ typedef struct {
         int interval;         /* generations between migrations (0 = never) */
         int migrants;
         migrate_policy policy;
+        migrate_mode mode;
     } islands;
     struct {
         int generations;      /* 0 = no limit */

@@ -71,4 +71,22 @@ void island_exchange(island_topology *t, evo_change *const *changes, const size_
 void island_allgather_states(evo_change *const *changes, const size_t *nchanges, int count,
                              island_states *all);
 
+/* Asynchronous migration: islands never wait for each other while they search. States
+ * go out with non-blocking sends and are taken in when they have arrived; at the end,
+ * island_async_finish (collective) receives every state still in flight, so none is lost
+ * or delivered twice. */
+typedef struct island_async island_async;
+island_async *island_async_create(island_topology *t);
+void island_async_free(island_async *a);
+/* Posts this island's states to every neighbour; returns at once. */
+void island_async_send(island_async *a, evo_change *const *changes, const size_t *nchanges,
+                       int count);
+/* Appends the states that have arrived so far (never blocks) and retires finished sends. */
+void island_async_receive(island_async *a, island_states *received);
+/* Collective: the states still in flight to this island, then every send completed. */
+void island_async_finish(island_async *a, island_states *received);
+/* Messages (each carrying `migrants` states) sent and received so far. */
+uint64_t island_async_sent(const island_async *a);
+uint64_t island_async_received(const island_async *a);
+
 #endif

@@ -12,15 +12,16 @@
 #include <stddef.h>
 
 /* Picks OpenBLAS's fastest sgemm kernels; call it first thing in main(), before MPI_Init
- * and before any thread starts. Some OpenBLAS builds (Debian's 0.3.21 among them) take an
- * AVX-512 CPU they do not know, such as AMD Zen 4, for a Haswell and use AVX2 kernels at
- * about half the speed. OpenBLAS picks its kernels in a constructor that runs before
- * main(), from the environment variable OPENBLAS_CORETYPE, so this sets
- * OPENBLAS_CORETYPE=SkylakeX and re-executes the program (/proc/self/exe with the same
- * argv, once) when: OPENBLAS_CORETYPE is unset, OpenBLAS reports a core without AVX-512
- * kernels, and the CPU and OS support AVX-512 F/BW/DQ/VL/CD. Users override it by setting
- * OPENBLAS_CORETYPE themselves (e.g. OPENBLAS_CORETYPE=Haswell). Returns normally when
- * nothing needs to change or the re-exec fails. argv: main's argv, NULL-terminated. */
+ * and before any thread starts. A DYNAMIC_ARCH OpenBLAS (Debian's) picks its kernels in a
+ * constructor that runs before main(): from the environment variable OPENBLAS_CORETYPE
+ * if set, else from the CPU, and a version older than the CPU may not know it and fall
+ * back to AVX2 ("Haswell") or older kernels at about half the speed on an AVX-512 CPU.
+ * So when OPENBLAS_CORETYPE is unset, OpenBLAS reports a core without AVX-512 kernels,
+ * and the CPU and OS support AVX-512 F/BW/DQ/VL/CD, this sets OPENBLAS_CORETYPE=SkylakeX
+ * and re-executes the program (/proc/self/exe with the same argv, once: the re-executed
+ * process has QEVO_BLAS_REEXECUTED set). A user's OPENBLAS_CORETYPE is always kept.
+ * Returns normally when nothing needs to change or the re-exec fails. argv: main's argv,
+ * NULL-terminated. */
 void op_blas_select_kernels(char **argv);
 
 /* Shape of a CNHW activation. */
@@ -70,7 +71,8 @@ void op_conv2d_add_ref(const float *x, op_dims in, const op_conv *p, const float
                        const float *b, const float *r, op_act act, float *y);
 
 /* For tests and benchmarks: false makes op_conv2d use im2col + sgemm also where it
- * would use the direct kernel (default true). Not thread-safe: set it before any pass. */
+ * would use the direct kernel (default true). The workspace size depends on it, so set
+ * it before sizing workspaces (op_conv2d_workspace, net_acts_create). Not thread-safe. */
 void op_set_direct_conv(bool enable);
 
 /* Transposed convolution (PyTorch ConvTranspose2d, groups 1). w: (cin, cout*kh*kw). */
