@@ -24,15 +24,16 @@ static evo_change **outgoing(run_state *s, size_t *counts)
     int k = s->cfg.islands.migrants;
     size_t n = quant_size(s->q);
     evo_change **changes = qv_malloc(sizeof(evo_change *) * (size_t)k);
+    const int *nb;
+    uint64_t degree = (uint64_t)island_neighbours(s->topo, &nb);
     for (int i = 0; i < k; i++) {
         const int8_t *codes = evo_member_at(s->is, i)->codes;
         counts[i] = evo_diff(s->start, codes, n, NULL);
         changes[i] = qv_malloc(sizeof(evo_change) * (counts[i] ? counts[i] : 1));
         evo_diff(s->start, codes, n, changes[i]);
-        s->bytes_sent += 4 + 5 * counts[i];
+        s->bytes_sent += (4 + 5 * counts[i]) * degree; /* on the wire, to each neighbour */
     }
-    const int *nb;
-    s->states_sent += (uint64_t)k * (uint64_t)island_neighbours(s->topo, &nb);
+    s->states_sent += (uint64_t)k * degree;
     return changes;
 }
 
