@@ -92,7 +92,8 @@ static const field fields[] = {
     F("evolution.boundary_bias", T_NUM, evolution.boundary_bias, "0.5", 0, 1, 0, NULL,
       "0 = weights chosen uniformly; 1 = in proportion to closeness of w/s to a rounding boundary"),
     F("evolution.layers", T_LAYERS, evolution.layers, "\"proportional\"", 0, 0, 0, NULL,
-      "layer of a mutation: proportional (to weight count), uniform, or a list of layer names"),
+      "layer of a mutation: proportional (to weight count), uniform, adaptive (by recent "
+      "improvement per FLOP of evaluation), or a list of layer names"),
     F("evolution.spread", T_ENUM, evolution.spread, "\"one_layer\"", 0, 0, 0, spread_names,
       "one_layer = a mutation stays in one layer; all_layers = spread over the whole network"),
     F("evolution.one_fifth", T_BOOL, evolution.one_fifth, "true", 0, 0, 0, NULL,
@@ -258,10 +259,12 @@ static int set_layers(config *c, const field *f, const json_t *v, const char *or
 {
     if (json_is_string(v)) {
         const char *s = json_string_value(v);
-        if (!strcmp(s, "proportional") || !strcmp(s, "uniform")) {
-            c->evolution.layers = s[0] == 'p' ? LAYERS_PROPORTIONAL : LAYERS_UNIFORM;
-            return 0;
-        }
+        static const char *const names[] = {"proportional", "uniform", "adaptive"};
+        for (int k = 0; k < 3; k++)
+            if (!strcmp(s, names[k])) {
+                c->evolution.layers = (layer_choice)k;
+                return 0;
+            }
     } else if (json_is_array(v) && json_array_size(v) > 0) {
         size_t n = json_array_size(v);
         c->evolution.layer_list = qv_calloc(n, sizeof(char *));
@@ -278,8 +281,8 @@ static int set_layers(config *c, const field *f, const json_t *v, const char *or
     }
     char found[128];
     describe(v, found, sizeof found);
-    return qv_fail(err, "%s: %s: expected \"proportional\", \"uniform\" or a non-empty list of "
-                   "layer names, found %s", origin, f->key, found);
+    return qv_fail(err, "%s: %s: expected \"proportional\", \"uniform\", \"adaptive\" or a "
+                   "non-empty list of layer names, found %s", origin, f->key, found);
 }
 
 static int set_number(config *c, const field *f, const json_t *v, const char *origin,
@@ -483,9 +486,10 @@ static json_t *field_json(const config *c, const field *f)
     case T_SEED:
         return json_integer((json_int_t)c->seed);
     case T_LAYERS:
-        if (c->evolution.layers != LAYERS_LIST)
-            return json_string(c->evolution.layers == LAYERS_PROPORTIONAL ? "proportional"
-                                                                          : "uniform");
+        if (c->evolution.layers != LAYERS_LIST) {
+            static const char *const names[] = {"proportional", "uniform", "adaptive"};
+            return json_string(names[c->evolution.layers]);
+        }
         json_t *a = json_array();
         for (int i = 0; i < c->evolution.layer_count; i++)
             json_array_append_new(a, json_string(c->evolution.layer_list[i]));

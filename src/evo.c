@@ -263,16 +263,14 @@ static size_t pick_weight(const evo_weights *w, double bias, size_t begin, size_
     }
 }
 
-static int pick_layer(const config *c, const quant *q, const int *layers, int nlayers, rng *r)
+static int pick_layer(const int *layers, const double *weight, int nlayers, rng *r)
 {
-    if (c->evolution.layers != LAYERS_PROPORTIONAL)
-        return layers[rng_below(r, (uint32_t)nlayers)];
-    size_t total = 0;
+    double total = 0;
     for (int k = 0; k < nlayers; k++)
-        total += quant_layer_at(q, layers[k])->wcount;
-    double x = rng_uniform(r) * (double)total;
+        total += weight[k];
+    double x = rng_uniform(r) * total;
     for (int k = 0; k < nlayers; k++) {
-        x -= (double)quant_layer_at(q, layers[k])->wcount;
+        x -= weight[k];
         if (x < 0)
             return layers[k];
     }
@@ -280,11 +278,12 @@ static int pick_layer(const config *c, const quant *q, const int *layers, int nl
 }
 
 size_t evo_mutate(const config *c, const quant *q, const evo_weights *w, double rate,
-                  const int *layers, int nlayers, int8_t *codes, uint32_t *changed, rng *r)
+                  const int *layers, const double *layer_weight, int nlayers, int8_t *codes,
+                  uint32_t *changed, rng *r)
 {
     size_t begin = 0, end = w->n;
     if (c->evolution.spread == SPREAD_ONE_LAYER) {
-        const quant_layer *ql = quant_layer_at(q, pick_layer(c, q, layers, nlayers, r));
+        const quant_layer *ql = quant_layer_at(q, pick_layer(layers, layer_weight, nlayers, r));
         begin = ql->woff;
         end = ql->woff + ql->wcount;
     }
@@ -337,6 +336,9 @@ struct evo_island {
     size_t n;                /* weights */
     int *layers;             /* quantized layers mutations may touch */
     int nlayers;
+    double *layer_weight;    /* probability weights of choosing each of them */
+    double *gain, *cost;     /* adaptive choice: recent improvement and FLOPs per layer */
+    int *kid_layer;          /* layer index (into layers) of each kid's mutation, or -1 */
     int *first_node_of;      /* quantized layer -> net node */
     int mu, lambda;
     evo_member *pop;         /* mu members, sorted best first */
@@ -444,6 +446,43 @@ static int cmp_members(const void *a, const void *b)
     return x->id < y->id ? 1 : x->id > y->id ? -1 : 0;
 }
 
+/* Choice weights: weight counts for proportional (and adaptive, until it has data),
+ * equal otherwise. */
+static void init_layer_weights(evo_island *is)
+{
+    int n = is->nlayers;
+    is->layer_weight = qv_malloc(sizeof(double) * (size_t)n);
+    is->gain = qv_calloc((size_t)n, sizeof(double));
+    is->cost = qv_calloc((size_t)n, sizeof(double));
+    layer_choice how = is->c->evolution.layers;
+    for (int k = 0; k < n; k++)
+        is->layer_weight[k] = how == LAYERS_PROPORTIONAL || how == LAYERS_ADAPTIVE
+                                  ? (double)quant_layer_at(is->q, is->layers[k])->wcount
+                                  : 1.0;
+}
+
+/* Adaptive choice: after each offspring, layer k's recent improvement of the fitness and
+ * the FLOPs its evaluation ran are averaged (exponentially, so the estimate follows the
+ * search); layers are then chosen by improvement per FLOP, with a quarter of the
+ * choices spread evenly so that no layer is starved of trials. Deterministic: costs are
+ * counted in FLOPs, not seconds. */
+static void adapt_layer_weights(evo_island *is, int k, double improvement, double flops)
+{
+    const double keep = 0.95;
+    bool first = is->cost[k] == 0;
+    is->gain[k] = first ? improvement : keep * is->gain[k] + (1 - keep) * improvement;
+    is->cost[k] = first ? flops : keep * is->cost[k] + (1 - keep) * flops;
+    double total = 0;
+    for (int j = 0; j < is->nlayers; j++)
+        total += is->cost[j] > 0 ? is->gain[j] / is->cost[j] : 0;
+    if (total <= 0)
+        return;
+    for (int j = 0; j < is->nlayers; j++) {
+        double value = is->cost[j] > 0 ? is->gain[j] / is->cost[j] / total : 1.0 / is->nlayers;
+        is->layer_weight[j] = 0.25 / is->nlayers + 0.75 * value;
+    }
+}
+
 static int resolve_layers(evo_island *is, const config *c, qv_err *err)
 {
     int nq = quant_layer_count(is->q);
@@ -511,6 +550,7 @@ evo_island *evo_create(net *nt, const quant *q, const int8_t *start, const confi
         evo_free(is);
         return NULL;
     }
+    init_layer_weights(is);
     evo_weights_init(&is->w, q);
     is->first_node_of = qv_malloc(sizeof(int) * (size_t)quant_layer_count(q));
     for (int k = 0; k < quant_layer_count(q); k++)
@@ -525,6 +565,7 @@ evo_island *evo_create(net *nt, const quant *q, const int8_t *start, const confi
     is->kids = qv_calloc((size_t)is->lambda, sizeof(evo_member));
     is->kid_parent = qv_malloc(sizeof(int) * (size_t)is->lambda);
     is->kid_first = qv_malloc(sizeof(int) * (size_t)is->lambda);
+    is->kid_layer = qv_malloc(sizeof(int) * (size_t)is->lambda);
     alloc_members(is, is->pop, is->mu);
     alloc_members(is, is->kids, is->lambda);
     init_slots(is);
@@ -558,6 +599,10 @@ void evo_free(evo_island *is)
     free(is->kids);
     free(is->kid_parent);
     free(is->kid_first);
+    free(is->kid_layer);
+    free(is->layer_weight);
+    free(is->gain);
+    free(is->cost);
     free(is->changed);
     free(is->layers);
     free(is->first_node_of);
@@ -606,8 +651,17 @@ static void breed(evo_island *is, int j, uint32_t generation)
     } else {
         memcpy(kid->codes, is->pop[p].codes, is->n);
     }
-    count += evo_mutate(is->c, is->q, &is->w, is->rate, is->layers, is->nlayers, kid->codes,
-                        is->changed + count, &is->r);
+    size_t crossed = count;
+    count += evo_mutate(is->c, is->q, &is->w, is->rate, is->layers, is->layer_weight,
+                        is->nlayers, kid->codes, is->changed + count, &is->r);
+    /* The layer this kid's mutation went to, for the adaptive choice. */
+    is->kid_layer[j] = -1;
+    if (crossed == 0 && count > 0 && is->c->evolution.spread == SPREAD_ONE_LAYER) {
+        int layer = quant_layer_of(is->q, is->changed[0]);
+        for (int k = 0; k < is->nlayers; k++)
+            if (is->layers[k] == layer)
+                is->kid_layer[j] = k;
+    }
     is->kid_parent[j] = p;
     is->kid_first[j] = first_node(is, is->changed, count);
     kid->id = is->next_id++;
@@ -656,6 +710,13 @@ static void evaluate_kid(evo_island *is, int j)
                                       : full_pass(is, -1);
     score_member(is, kid, t);
     keep_kid_cache(is, j, parent, resume);
+    if (is->c->evolution.layers == LAYERS_ADAPTIVE && is->kid_layer[j] >= 0) {
+        double flops = 0;
+        for (int k = parent->cache >= 0 ? resume : 0; k < net_node_count(is->nt); k++)
+            flops += net_node_at(is->nt, k)->flops;
+        adapt_layer_weights(is, is->kid_layer[j], fmax(0.0, parent->key.k[0] - kid->key.k[0]),
+                            flops);
+    }
     is->stats.evaluations++;
     is->stats.eval_seconds += qv_now() - t0;
 }
@@ -781,9 +842,17 @@ static size_t member_bytes(size_t n)
     return 16 + sizeof(fit_totals) + n;
 }
 
+/* The adaptive layer choice's averages: part of the state, or a resumed run would
+ * choose layers differently. */
+static size_t layer_state_bytes(const evo_island *is)
+{
+    return 3 * sizeof(double) * (size_t)is->nlayers;
+}
+
 size_t evo_state_size(const evo_island *is)
 {
-    return 4 + 8 + 8 + 8 + sizeof(evo_stats) + (size_t)is->mu * member_bytes(is->n);
+    return 4 + 8 + 8 + 8 + sizeof(evo_stats) + layer_state_bytes(is) +
+           (size_t)is->mu * member_bytes(is->n);
 }
 
 #define PUT(p, v) (memcpy((p), &(v), sizeof(v)), (p) += sizeof(v))
@@ -798,6 +867,10 @@ void evo_state_write(const evo_island *is, unsigned char *p)
     PUT(p, is->rate);
     PUT(p, is->next_id);
     PUT(p, is->stats);
+    size_t lb = sizeof(double) * (size_t)is->nlayers;
+    memcpy(p, is->layer_weight, lb), p += lb;
+    memcpy(p, is->gain, lb), p += lb;
+    memcpy(p, is->cost, lb), p += lb;
     for (int i = 0; i < is->mu; i++) {
         PUT(p, is->pop[i].id);
         PUT(p, is->pop[i].born);
@@ -819,7 +892,8 @@ int evo_state_read(evo_island *is, const unsigned char *const *bufs, const size_
             return qv_fail(err, "saved island %d: truncated state", k);
         GET(p, mu);
         GET(p, n);
-        if (n != is->n || lens[k] != 28 + sizeof(evo_stats) + mu * member_bytes(is->n))
+        if (n != is->n ||
+            lens[k] != 28 + sizeof(evo_stats) + layer_state_bytes(is) + mu * member_bytes(is->n))
             return qv_fail(err, "saved island %d: state of %llu weights x %u members does not "
                            "fit this model (%zu weights)", k, (unsigned long long)n, mu, is->n);
         total += (int)mu;
@@ -838,8 +912,14 @@ int evo_state_read(evo_island *is, const unsigned char *const *bufs, const size_
         GET(p, rate);
         GET(p, next_id);
         GET(p, st);
-        if (k == 0)
+        size_t lb = sizeof(double) * (size_t)is->nlayers;
+        if (k == 0) {
             is->rate = rate;
+            memcpy(is->layer_weight, p, lb);
+            memcpy(is->gain, p + lb, lb);
+            memcpy(is->cost, p + 2 * lb, lb);
+        }
+        p += 3 * lb;
         is->next_id = k == 0 || next_id > is->next_id ? next_id : is->next_id;
         sum.evaluations += st.evaluations, sum.incremental += st.incremental;
         sum.cache_builds += st.cache_builds, sum.accepted += st.accepted;

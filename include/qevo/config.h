@@ -13,7 +13,7 @@
 typedef enum { FIT_KL, FIT_CROSS_ENTROPY, FIT_ACCURACY, FIT_MSE, FIT_PSNR } fit_kind;
 typedef enum { SEL_PLUS, SEL_COMMA } sel_kind;
 typedef enum { STEP_FLIP, STEP_PM1, STEP_RANDOM } step_kind;
-typedef enum { LAYERS_PROPORTIONAL, LAYERS_UNIFORM, LAYERS_LIST } layer_choice;
+typedef enum { LAYERS_PROPORTIONAL, LAYERS_UNIFORM, LAYERS_ADAPTIVE, LAYERS_LIST } layer_choice;
 typedef enum { SPREAD_ONE_LAYER, SPREAD_ALL_LAYERS } spread_kind;
 typedef enum { TOPO_RING, TOPO_TORUS, TOPO_FULL, TOPO_RANDOM } topology_kind;
 typedef enum { MIGRATE_REPLACE_WORST_IF_BETTER, MIGRATE_REPLACE_WORST } migrate_policy;

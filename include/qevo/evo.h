@@ -77,11 +77,14 @@ typedef struct {
 void evo_weights_init(evo_weights *w, const quant *q);
 void evo_weights_free(evo_weights *w);
 
-/* Mutation of `codes` in place by the configured operator; writes the changed indices
- * to changed (capacity n) and returns their count (>= 1 unless no weight can move).
- * Codes stay in [-qmax, qmax] and within max_shift of nearest. */
+/* Mutation of `codes` in place by the configured operator, in one of the quantized
+ * layers `layers` chosen with probabilities proportional to layer_weight (or over the
+ * whole network with spread all_layers); writes the changed indices to changed
+ * (capacity n) and returns their count (>= 1 unless no weight can move). Codes stay in
+ * [-qmax, qmax] and within max_shift of nearest. */
 size_t evo_mutate(const config *c, const quant *q, const evo_weights *w, double rate,
-                  const int *layers, int nlayers, int8_t *codes, uint32_t *changed, rng *r);
+                  const int *layers, const double *layer_weight, int nlayers, int8_t *codes,
+                  uint32_t *changed, rng *r);
 /* Uniform crossover where a and b differ: child starts as a; each differing position
  * takes b's code with probability 1/2. Returns the number of positions taken from b,
  * written to changed. */

@@ -67,6 +67,7 @@ _slurm_env_fail() { # dir, message
 _slurm_env_write_conf() { # dir, node
     local dir="$1" node="$2" cpus ports ctld_port slurmd_port
     cpus=$(nproc)
+    [ "$cpus" -ge 2 ] || cpus=2 # the tests run 2 ranks
     ports=$(_slurm_env_free_ports 2) || {
         _slurm_env_msg "no free TCP port found"
         return 1
@@ -200,17 +201,28 @@ slurm_env_up() {
     done
 }
 
-# Processes of this cluster's jobs: their environment names this cluster's slurm.conf
-# (batch scripts, mpirun, ranks), or they hold a file below DIR open (slurmstepd).
+# Processes of this cluster's jobs: their environment holds a SLURM_JOB_ID and names
+# this cluster's slurm.conf (batch scripts, mpirun, ranks), or they hold a file in its
+# spool dir open (slurmstepd).
 _slurm_env_job_pids() {
-    local dir="$1" p
+    local dir="$1" p comm f files
+    files=$(grep -lzxF "SLURM_CONF=$dir/slurm.conf" /proc/[0-9]*/environ 2>/dev/null)
+    if [ -n "$files" ]; then
+        # shellcheck disable=SC2086
+        grep -lz "^SLURM_JOB_ID=" $files 2>/dev/null | sed -n 's|^/proc/\([0-9]*\)/environ$|\1|p'
+    fi
     for p in /proc/[0-9]*; do
-        p=${p#/proc/}
-        [ "$p" = $$ ] && continue
-        if tr '\0' '\n' <"/proc/$p/environ" 2>/dev/null | grep -qxF "SLURM_CONF=$dir/slurm.conf" ||
-            ls -l "/proc/$p/fd" 2>/dev/null | grep -qF -- "-> $dir/spool/"; then
-            echo "$p"
-        fi
+        comm=""
+        read -r comm 2>/dev/null <"$p/comm"
+        [ "$comm" = slurmstepd ] || continue
+        for f in "$p"/fd/*; do
+            case "$(readlink "$f" 2>/dev/null)" in
+            "$dir"/spool/*)
+                echo "${p#/proc/}"
+                break
+                ;;
+            esac
+        done
     done
 }
 

@@ -72,6 +72,7 @@ static void test_operators(const quant *q)
     int8_t *codes = qv_malloc(n), *before = qv_malloc(n);
     uint32_t *changed = qv_malloc(sizeof(uint32_t) * n);
     int layers[3] = {0, 1, 2};
+    const double weights[3] = {1, 1, 1};
     rng r = rng_stream(4, 0, 0, RNG_TEST);
     const int8_t *qmax = quant_qmax_of(q);
     for (int step = 0; step < 3; step++)
@@ -86,7 +87,7 @@ static void test_operators(const quant *q)
                 int bad_range = 0, bad_shift = 0, none = 0, flips_ok = 1;
                 for (int it = 0; it < 300; it++) {
                     memcpy(before, codes, n);
-                    size_t k = evo_mutate(&c, q, &w, 0.02, layers, 3, codes, changed, &r);
+                    size_t k = evo_mutate(&c, q, &w, 0.02, layers, weights, 3, codes, changed, &r);
                     none += k == 0;
                     for (size_t i = 0; i < n; i++) {
                         bad_range += codes[i] > qmax[i] || codes[i] < -qmax[i];
@@ -132,9 +133,11 @@ static void test_operators(const quant *q)
 }
 
 /* After generations of incremental evaluation, every member's score equals a full pass. */
-static void test_island(net *nt, const quant *q, const data_set *ds, sel_kind sel, int cache_mb)
+static void test_island(net *nt, const quant *q, const data_set *ds, sel_kind sel, int cache_mb,
+                        layer_choice layers)
 {
     config c = base_config();
+    c.evolution.layers = layers;
     c.evolution.selection = sel;
     c.evolution.population = 3;
     c.evolution.offspring = 6;
@@ -182,6 +185,24 @@ static void test_island(net *nt, const quant *q, const data_set *ds, sel_kind se
     CHECK(in == (evo_key_cmp(evo_member_at(is, 0)->key, worst) < 0));
     CHECK(evo_import(is, start, MIGRATE_REPLACE_WORST) == 1);
     free(best);
+    /* Saving and restoring the state into a fresh island gives the same future. */
+    size_t len = evo_state_size(is);
+    unsigned char *state = qv_malloc(len);
+    evo_state_write(is, state);
+    evo_island *twin = evo_create(nt, q, start, &c, &im, 0, &err);
+    const unsigned char *states[1] = {state};
+    CHECK(evo_state_read(twin, states, &len, 1, &err) == 0);
+    evo_generation(is, 13);
+    evo_generation(twin, 13);
+    int same = 1;
+    for (int i = 0; i < evo_size(is); i++)
+        same &= memcmp(evo_member_at(is, i)->codes, evo_member_at(twin, i)->codes,
+                       quant_size(q)) == 0 &&
+                memcmp(&evo_member_at(is, i)->totals, &evo_member_at(twin, i)->totals,
+                       sizeof(fit_totals)) == 0;
+    CHECKF(same, "a restored island went another way (layers %d)", layers);
+    free(state);
+    evo_free(twin);
     net_acts_free(work);
     evo_free(is);
     free(start);
@@ -223,9 +244,10 @@ int main(void)
     quant *q = quant_create(nt, &qs);
     data_set *ds = random_data(64);
     test_operators(q);
-    test_island(nt, q, ds, SEL_PLUS, 64);
-    test_island(nt, q, ds, SEL_COMMA, 64);
-    test_island(nt, q, ds, SEL_PLUS, 0);
+    test_island(nt, q, ds, SEL_PLUS, 64, LAYERS_PROPORTIONAL);
+    test_island(nt, q, ds, SEL_COMMA, 64, LAYERS_UNIFORM);
+    test_island(nt, q, ds, SEL_PLUS, 0, LAYERS_ADAPTIVE);
+    test_island(nt, q, ds, SEL_PLUS, 64, LAYERS_ADAPTIVE);
     test_layer_names(nt, q, ds);
     data_free(ds);
     quant_free(q);
