@@ -91,7 +91,7 @@ static const field fields[] = {
       "codes stay within this many states of their nearest code"),
     F("evolution.boundary_bias", T_NUM, evolution.boundary_bias, "0.5", 0, 1, 0, NULL,
       "0 = weights chosen uniformly; 1 = in proportion to closeness of w/s to a rounding boundary"),
-    F("evolution.layers", T_LAYERS, evolution.layers, "\"proportional\"", 0, 0, 0, NULL,
+    F("evolution.layers", T_LAYERS, evolution.layers, "\"adaptive\"", 0, 0, 0, NULL,
       "layer of a mutation: proportional (to weight count), uniform, adaptive (by recent "
       "improvement per FLOP of evaluation), or a list of layer names"),
     F("evolution.spread", T_ENUM, evolution.spread, "\"one_layer\"", 0, 0, 0, spread_names,
