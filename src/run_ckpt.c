@@ -37,13 +37,15 @@ typedef struct {
     uint64_t generation;
     uint32_t draws, validated_once;
     uint64_t validated_id;
+    uint64_t states_sent, bytes_sent;
     uint32_t nmig, pad;
 } island_header;
 
 static unsigned char *island_payload(const run_state *s, size_t *len)
 {
     island_header h = {1, (uint32_t)s->rank, (uint64_t)s->generation, s->draws,
-                       s->validated_once, s->validated_id, (uint32_t)s->nmig, 0};
+                       s->validated_once, s->validated_id, s->states_sent, s->bytes_sent,
+                       (uint32_t)s->nmig, 0};
     size_t events = (size_t)s->nmig * 2 * sizeof(int32_t);
     *len = sizeof h + events + evo_state_size(s->is);
     unsigned char *buf = qv_malloc(*len), *p = buf;
@@ -266,6 +268,12 @@ static int restore_island(run_state *s, const char *dir, int saved, qv_err *err)
             break;
         island_header h;
         memcpy(&h, bufs[count], sizeof h);
+        /* Migration totals: each saved island's counts go to exactly one rank. */
+        if (count == 0 || saved > s->nranks) {
+            bool duplicate = saved < s->nranks && s->rank >= saved;
+            s->states_sent += duplicate ? 0 : h.states_sent;
+            s->bytes_sent += duplicate ? 0 : h.bytes_sent;
+        }
         size_t events = (size_t)h.nmig * 2 * sizeof(int32_t);
         states[count] = bufs[count] + sizeof h + events;
         lens[count] = len - sizeof h - events;

@@ -3,6 +3,7 @@
 #   unit tests      build/tests/*           (C, one binary per module)
 #   command line    tests/cli/*.sh          (the qevo tools, bad input, exit codes)
 #   MPI             tests/mpi/*.sh          (qevo-island under mpirun)
+#   SLURM           tests/slurm/test_*.sh   (a single-node SLURM brought up for the test)
 #   PyTorch         tests/python/*.py       (exporter, parity with PyTorch)
 # Each suite prints "<name>: N passed, N failed" as its last line.
 set -u
@@ -56,7 +57,7 @@ run_suite() {
 for t in "$BUILD"/tests/*; do
     [ -x "$t" ] && run_suite "$(basename "$t")" "$t"
 done
-for t in tests/cli/*.sh tests/mpi/*.sh; do
+for t in tests/cli/*.sh tests/mpi/*.sh tests/slurm/test_*.sh; do
     [ -f "$t" ] && run_suite "$(basename "$t" .sh)" bash "$t"
 done
 for t in tests/python/*.py; do

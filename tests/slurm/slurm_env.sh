@@ -26,11 +26,11 @@ _slurm_env_msg() { echo "slurm_env: $*" >&2; }
 
 # N TCP ports that nothing on this machine is bound to or connected from, one a line.
 _slurm_env_free_ports() {
-    local used p i n=0 taken=""
+    local used p n=0 taken=""
     used=$(while read -r _ addr _; do
         [ "${addr#*:}" != "$addr" ] && echo $((16#${addr##*:}))
     done < <(cat /proc/net/tcp /proc/net/tcp6 2>/dev/null) | sort -u)
-    for i in $(seq 1 500); do
+    for _ in $(seq 1 500); do
         p=$((20000 + RANDOM % 30000))
         grep -qx "$p" <<<"$used$taken" && continue
         taken="$taken"$'\n'"$p"
@@ -49,12 +49,15 @@ _slurm_env_alive() { # pid file
 }
 
 slurm_env_logs() {
-    local dir="${1:?slurm_env_logs DIR}" f
-    for f in "$dir/munge/munged.log" "$dir/slurmctld.log" "$dir/slurmd.log" \
-        "$dir/slurmctld.stderr" "$dir/slurmd.stderr"; do
-        [ -s "$f" ] || continue
-        echo "----- $f (last 40 lines)"
-        tail -n 40 "$f"
+    local dir="${1:?slurm_env_logs DIR}" f d
+    for f in munge/munged slurmctld slurmd; do
+        # A daemon that died before it opened its log file said why on stderr.
+        for d in "$dir/$f.log" "$dir/$f.stderr"; do
+            [ -s "$d" ] || continue
+            echo "----- $d (last 40 lines)"
+            tail -n 40 "$d"
+            break
+        done
     done
 }
 
@@ -203,13 +206,26 @@ slurm_env_up() {
 
 # Processes of this cluster's jobs: their environment holds a SLURM_JOB_ID and names
 # this cluster's slurm.conf (batch scripts, mpirun, ranks), or they hold a file in its
-# spool dir open (slurmstepd).
+# spool dir open (slurmstepd). Never this shell or its parents (which carry SLURM_CONF,
+# and a SLURM_JOB_ID too when the tests run inside some other SLURM job).
 _slurm_env_job_pids() {
-    local dir="$1" p comm f files
+    local dir="$1" p comm f files mine=" " stat
+    p=$BASHPID
+    while [ -n "$p" ] && [ "$p" -gt 1 ] 2>/dev/null; do
+        mine="$mine$p "
+        stat=""
+        read -r stat 2>/dev/null <"/proc/$p/stat"
+        stat=${stat##*) } # "pid (comm) state ppid ...": comm may hold spaces
+        # shellcheck disable=SC2086  # split the fields
+        p=$(set -- $stat && echo "${2:-}")
+    done
     files=$(grep -lzxF "SLURM_CONF=$dir/slurm.conf" /proc/[0-9]*/environ 2>/dev/null)
     if [ -n "$files" ]; then
         # shellcheck disable=SC2086
-        grep -lz "^SLURM_JOB_ID=" $files 2>/dev/null | sed -n 's|^/proc/\([0-9]*\)/environ$|\1|p'
+        for p in $(grep -lz "^SLURM_JOB_ID=" $files 2>/dev/null |
+            sed -n 's|^/proc/\([0-9]*\)/environ$|\1|p'); do
+            case "$mine" in *" $p "*) ;; *) echo "$p" ;; esac
+        done
     fi
     for p in /proc/[0-9]*; do
         comm=""
@@ -227,12 +243,12 @@ _slurm_env_job_pids() {
 }
 
 _slurm_env_stop_pid() { # pid file
-    local pid i
+    local pid
     [ -s "$1" ] || return 0
     pid=$(cat "$1")
     if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
         kill -TERM "$pid" 2>/dev/null
-        for i in $(seq 1 50); do
+        for _ in $(seq 1 50); do
             kill -0 "$pid" 2>/dev/null || break
             sleep 0.2
         done
@@ -244,14 +260,14 @@ _slurm_env_stop_pid() { # pid file
 }
 
 slurm_env_down() {
-    local dir="${1:?slurm_env_down DIR}" i pids
+    local dir="${1:?slurm_env_down DIR}" pids
     [ -d "$dir" ] || return 0
     dir=$(cd "$dir" && pwd)
     if [ -f "$dir/slurm.conf" ] && _slurm_env_alive "$dir/slurmctld.pid"; then
         SLURM_CONF="$dir/slurm.conf" timeout 10 scancel --full --signal=KILL --user="$(id -un)" \
             >/dev/null 2>&1
         SLURM_CONF="$dir/slurm.conf" timeout 10 scancel --user="$(id -un)" >/dev/null 2>&1
-        for i in $(seq 1 20); do
+        for _ in $(seq 1 20); do
             [ -z "$(SLURM_CONF="$dir/slurm.conf" timeout 5 squeue -h 2>/dev/null)" ] && break
             sleep 0.5
         done
@@ -266,7 +282,7 @@ slurm_env_down() {
     fi
     if _slurm_env_alive "$dir/munge/munged.pid"; then
         kill -TERM "$(cat "$dir/munge/munged.pid")" 2>/dev/null
-        for i in $(seq 1 25); do
+        for _ in $(seq 1 25); do
             _slurm_env_alive "$dir/munge/munged.pid" || break
             sleep 0.2
         done
