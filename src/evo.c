@@ -64,6 +64,32 @@ void evo_images_free(evo_images *im)
     memset(im, 0, sizeof *im);
 }
 
+/* Copies `count` rows of `per` floats (or ints) selected by rows[]. */
+static void *gather_rows(const void *src, size_t row_bytes, const int *rows, int count, bool aligned)
+{
+    if (!src)
+        return NULL;
+    size_t bytes = row_bytes * (size_t)(count ? count : 1);
+    char *dst = aligned ? qv_malloc_aligned(bytes) : qv_malloc(bytes);
+    for (int i = 0; i < count; i++)
+        memcpy(dst + (size_t)i * row_bytes, (const char *)src + (size_t)rows[i] * row_bytes,
+               row_bytes);
+    return dst;
+}
+
+void evo_images_subset(evo_images *dst, const evo_images *src, const int *rows, int count,
+                       const net *nt)
+{
+    size_t in_per = per_image(net_input_dims(nt)), out_per = per_image(net_output_dims(nt));
+    memset(dst, 0, sizeof *dst);
+    dst->count = count;
+    dst->temperature = src->temperature;
+    dst->x = gather_rows(src->x, sizeof(float) * in_per, rows, count, true);
+    dst->labels = gather_rows(src->labels, sizeof(int32_t), rows, count, false);
+    dst->teacher = gather_rows(src->teacher, sizeof(float) * out_per, rows, count, true);
+    dst->target = gather_rows(src->target, sizeof(float) * out_per, rows, count, true);
+}
+
 /* Adds the scores of images [b0, b0+n) of im whose outputs are in a. */
 static void score_chunk(const net *nt, const net_acts *a, const evo_images *im, int b0, int n,
                         float *y, fit_totals *t)
@@ -786,10 +812,14 @@ void evo_set_batch(evo_island *is, const evo_images *batch)
 {
     QV_ASSERT(batch->count == is->batch->count);
     is->batch = batch;
-    for (int i = 0; i < is->mu; i++) {
+    for (int i = 0; i < is->mu; i++)
         release(is, &is->pop[i]);
+    /* One pass per member both scores it on the new batch and refills its cache. */
+    for (int i = 0; i < is->mu; i++) {
+        int slot = acquire_slot(is);
         quant_apply(is->q, is->nt, is->pop[i].codes);
-        score_member(is, &is->pop[i], full_pass(is, -1));
+        score_member(is, &is->pop[i], full_pass(is, slot));
+        is->pop[i].cache = slot;
     }
     qsort(is->pop, (size_t)is->mu, sizeof(evo_member), cmp_members);
 }

@@ -208,18 +208,18 @@ static void make_splits(run_state *s)
 
 void run_draw_batch(run_state *s, uint32_t draw, evo_images *im)
 {
-    int b = s->cfg.data.fitness_batch;
-    if (b == 0 || b >= s->shard_count) {
-        evo_images_prepare(im, s->train, s->shard, s->shard_count, s->nt, s->q,
-                           s->cfg.data.eval_batch, s->cfg.fitness.temperature);
-        return;
+    int b = s->cfg.data.fitness_batch, n = s->shard_count;
+    if (b == 0 || b > n)
+        b = n;
+    int *pick = qv_malloc(sizeof(int) * (size_t)n);
+    for (int i = 0; i < n; i++)
+        pick[i] = i;
+    if (b < n) {
+        rng r = rng_stream(s->cfg.seed, (uint32_t)s->rank, draw, RNG_BATCH);
+        rng_shuffle(&r, pick, n);
     }
-    int *pick = qv_malloc(sizeof(int) * (size_t)s->shard_count);
-    memcpy(pick, s->shard, sizeof(int) * (size_t)s->shard_count);
-    rng r = rng_stream(s->cfg.seed, (uint32_t)s->rank, draw, RNG_BATCH);
-    rng_shuffle(&r, pick, s->shard_count);
-    evo_images_prepare(im, s->train, pick, b, s->nt, s->q, s->cfg.data.eval_batch,
-                       s->cfg.fitness.temperature);
+    /* The shard was prepared once (inputs and teacher outputs): a draw only copies rows. */
+    evo_images_subset(im, &s->shard_im, pick, b, s->nt);
     free(pick);
 }
 
@@ -244,6 +244,8 @@ static int setup_model_and_data(run_state *s, qv_err *err)
 static int setup_islands(run_state *s, qv_err *err)
 {
     make_splits(s);
+    evo_images_prepare(&s->shard_im, s->train, s->shard, s->shard_count, s->nt, s->q,
+                       s->cfg.data.eval_batch, s->cfg.fitness.temperature);
     run_draw_batch(s, 0, &s->batch);
     /* Validation and test KL are reported at temperature 1, whatever the fitness uses. */
     evo_images_prepare(&s->val, s->train, s->val_idx, s->val_count, s->nt, s->q,
@@ -269,6 +271,7 @@ void run_state_free(run_state *s)
     evo_free(s->is);
     island_topology_free(s->topo);
     evo_images_free(&s->batch);
+    evo_images_free(&s->shard_im);
     evo_images_free(&s->val);
     evo_images_free(&s->test_im);
     net_acts_free(s->work);

@@ -34,6 +34,7 @@ typedef struct {
     const int *shard, *val_idx;
     int *test_idx;
     int shard_count, val_count, test_count;
+    evo_images shard_im;      /* this island's whole shard, prepared once */
     evo_images batch, val, test_im;
     uint32_t draws;
     net_acts *work;
@@ -63,7 +64,7 @@ typedef struct {
     double last_checkpoint_time;
     long long log_bytes;      /* log.jsonl length to resume at */
     /* time per phase */
-    double t_start, t_setup, t_migration, t_validation, t_test;
+    double t_start, t_setup, t_migration, t_validation, t_test, t_redraw;
     double t_loop;            /* in the generation loop (this run's part) */
 } run_state;
 

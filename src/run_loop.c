@@ -317,11 +317,13 @@ static int report(run_state *s)
 /* A new fitness batch from the island's shard; the population is re-scored on it. */
 static void redraw(run_state *s)
 {
+    double t0 = qv_now();
     evo_images next;
     run_draw_batch(s, ++s->draws, &next);
     evo_images_free(&s->batch);
     s->batch = next; /* evo holds &s->batch: same address, new images */
     evo_set_batch(s->is, &s->batch);
+    s->t_redraw += qv_now() - t0;
 }
 
 enum { ACT_STOP = 1, ACT_CHECKPOINT = 2, ACT_INTERRUPT = 4 };

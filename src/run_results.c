@@ -200,7 +200,7 @@ int run_results(run_state *s)
     json_t *result = json_pack(
         "{ss ss si ss s{sisssisi} s{sisisisi} si "
         "s{s{soso so so} s{soso so so}} s{soso} s{sisisf} so sI so so "
-        "s{sfsfsfsfsfsf}}",
+        "s{sfsfsfsfsfsfsf}}",
         "model", c->model, "start", c->start[0] ? c->start : "nearest", "ranks", s->nranks,
         "topology", config_topology_name(c->islands.topology),
         "quantizer", "bits", c->quantizer.bits, "granularity",
@@ -221,7 +221,8 @@ int run_results(run_state *s)
         migration, "performance", perf,
         "time", "total", total, "setup", s->t_setup, "evaluation",
         json_real_value(json_object_get(perf, "evaluation_seconds_all_islands")) / s->nranks,
-        "migration", s->t_migration, "validation", s->t_validation, "test", s->t_test);
+        "migration", s->t_migration, "validation", s->t_validation, "redraw", s->t_redraw,
+        "test", s->t_test);
     QV_ASSERT(result);
     qv_err local = {{0}};
     int rc = 0;
