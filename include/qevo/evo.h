@@ -34,6 +34,9 @@ typedef struct {
 void evo_images_prepare(evo_images *im, const data_set *ds, const int *idx, int count,
                         net *nt, const quant *q, int eval_batch, double temperature);
 void evo_images_free(evo_images *im);
+/* dst = rows[0..count) of src (copies; src must outlive nothing). */
+void evo_images_subset(evo_images *dst, const evo_images *src, const int *rows, int count,
+                       const net *nt);
 
 /* Scores the weights now in nt on all of im by full forward passes. If per_image is not
  * NULL it receives, per image, 1/0 for a correct/wrong label (classifiers) or the
