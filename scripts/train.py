@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fmnist  # noqa: E402
 import models  # noqa: E402
 
-DEFAULT_EPOCHS = {"vgg": 20, "resnet20": 15, "autoencoder": 10}
+DEFAULT_EPOCHS = {"vgg": 20, "resnet20": 6, "autoencoder": 10}
 
 
 def augment(x, rng):
