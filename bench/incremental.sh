@@ -2,9 +2,12 @@
 # Incremental fitness evaluation against full forward passes, in the same run: the same
 # qevo-island configuration, seed and generations twice, once with the parent-activation
 # cache (evolution.cache_mb from the config) and once without (cache_mb=0: every offspring
-# is a full forward pass). Both runs evolve the same states (the scores are identical), so
-# the ratio of evaluations per second is the speed-up of incremental evaluation alone.
-#   bench/incremental.sh [CONFIG] [GENERATIONS] [RANKS]   (default: examples/resnet20.json 100 2)
+# is a full forward pass). Layers are chosen in proportion to their size in both runs (the
+# adaptive choice weighs layers by their evaluation cost, which differs between the two),
+# so both runs evolve the same states and the ratio of evaluations per second is the
+# speed-up of incremental evaluation alone. Extra arguments are qevo-island --set options.
+#   bench/incremental.sh [CONFIG [GENERATIONS [RANKS [--set KEY=VALUE ...]]]]
+#   (default: examples/resnet20.json 100 2)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD="${BUILD:-build}"
@@ -12,6 +15,7 @@ PY="${QEVO_PYTHON:-/usr/bin/python3}"
 config="${1:-examples/resnet20.json}"
 generations="${2:-100}"
 ranks="${3:-2}"
+shift $(($# < 3 ? $# : 3))
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 export OPENBLAS_NUM_THREADS=1
@@ -26,7 +30,7 @@ for mode in incremental full; do
         --set output.dir="$out/$mode" --set stop.generations="$generations" \
         --set stop.seconds=0 --set stop.patience=0 --set data.test_size=1000 \
         --set checkpoint.every_seconds=0 --set checkpoint.every_generations=0 \
-        "${extra[@]}" >"$out/$mode.log"
+        --set evolution.layers=proportional "$@" "${extra[@]}" >"$out/$mode.log"
 done
 
 "$PY" - "$out" "$config" "$generations" "$ranks" <<'PYEOF'
@@ -44,7 +48,8 @@ for m, res in r.items():
     rate[m] = res["evaluations"] / int(ranks) / eval_s
     print(f"{m:<13}{res['evaluations']:>12}{eval_s:>15.1f}{rate[m]:>16.1f}"
           f"{res['evaluations'] / loop_s:>14.1f}")
-same = r["incremental"]["best"] == r["full"]["best"]
+same = (r["incremental"]["best"] == r["full"]["best"]
+        and r["incremental"]["scores"] == r["full"]["scores"])
 print(f"speed-up of incremental evaluation: {rate['incremental'] / rate['full']:.2f}x "
       f"(best states {'identical' if same else 'DIFFERENT'})")
 PYEOF
