@@ -420,7 +420,7 @@ static fit_totals full_pass(evo_island *is, int s)
         net_forward(is->nt, is->work, is->batch->x + (size_t)c * b * in_per, n);
         score_chunk(is->nt, is->work, is->batch, c * b, n, is->y, &t);
         if (s >= 0)
-            net_acts_copy(is->nt, is->work, is->slots[s][c], 0, n);
+            net_acts_copy(is->nt, is->work, is->slots[s][c], 0, net_node_count(is->nt), n);
     }
     is->stats.flops += net_flops(is->nt) * is->batch->count;
     return t;
@@ -718,10 +718,10 @@ static void keep_kid_cache(evo_island *is, int j, const evo_member *parent, int 
         s = is->kids[worst].cache;
         is->kids[worst].cache = -1;
     }
-    int n = chunk_size(is, 0);
-    if (parent->cache >= 0)
-        net_acts_copy(is->nt, is->slots[parent->cache][0], is->slots[s][0], 0, n);
-    net_acts_copy(is->nt, is->work, is->slots[s][0], parent->cache >= 0 ? resume : 0, n);
+    int n = chunk_size(is, 0), from = parent->cache >= 0 ? resume : 0;
+    if (from > 0)
+        net_acts_copy(is->nt, is->slots[parent->cache][0], is->slots[s][0], 0, from, n);
+    net_acts_copy(is->nt, is->work, is->slots[s][0], from, net_node_count(is->nt), n);
     kid->cache = s;
 }
 
@@ -842,7 +842,8 @@ int evo_import(evo_island *is, const int8_t *codes, migrate_policy policy)
     worst->id = is->next_id++;
     int slot = is->chunks == 1 ? acquire_slot(is) : -1;
     if (slot >= 0) { /* the work storage holds the migrant's whole pass */
-        net_acts_copy(is->nt, is->work, is->slots[slot][0], 0, chunk_size(is, 0));
+        net_acts_copy(is->nt, is->work, is->slots[slot][0], 0, net_node_count(is->nt),
+                      chunk_size(is, 0));
         worst->cache = slot;
     }
     qsort(is->pop, (size_t)is->mu, sizeof(evo_member), cmp_members);

@@ -999,12 +999,13 @@ net_acts *net_acts_create_cache(const net *nt, int max_batch)
     return acts_create(nt, max_batch, true);
 }
 
-void net_acts_copy(const net *nt, const net_acts *src, net_acts *dst, int first, int n)
+void net_acts_copy(const net *nt, const net_acts *src, net_acts *dst, int first, int end,
+                   int n)
 {
-    QV_ASSERT(n <= src->max_batch && n <= dst->max_batch);
+    QV_ASSERT(n <= src->max_batch && n <= dst->max_batch && end <= nt->count);
     if (first == 0)
         memcpy(dst->input, src->input, sizeof(float) * numel(batch_of(nt->input, n)));
-    for (int i = first; i < nt->count; i++)
+    for (int i = first; i < end; i++)
         if (dst->out[i]) {
             QV_ASSERT(src->out[i]);
             memcpy(dst->out[i], src->out[i], sizeof(float) * numel(batch_of(nt->nodes[i].out, n)));

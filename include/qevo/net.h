@@ -133,9 +133,10 @@ bool net_is_cut(const net *n, int i);
  * stored: the largest r <= first with r == 0 or net_is_cut(r - 1). */
 int net_resume_node(const net *n, int first);
 
-/* Copies the stored outputs of nodes >= first (and the input if first == 0) of n images
- * from src to dst; src must hold every node dst stores from `first` on. */
-void net_acts_copy(const net *nt, const net_acts *src, net_acts *dst, int first, int n);
+/* Copies the stored outputs of nodes first..end-1 (and the input if first == 0) of n
+ * images from src to dst; src must hold every node dst stores in that range. */
+void net_acts_copy(const net *nt, const net_acts *src, net_acts *dst, int first, int end,
+                   int n);
 
 /* Full forward pass of n images, x (n, C, H, W) normalised, into a. */
 void net_forward(const net *nt, net_acts *a, const float *x, int n);

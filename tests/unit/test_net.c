@@ -175,7 +175,7 @@ static void check_cache_resume(net *nt, const float *x, int n, int nout)
     for (int k = 0; k < net_node_count(nt); k++) {
         const net_node *nd = net_node_at(nt, k);
         net_forward(nt, full, x, n);
-        net_acts_copy(nt, full, cache, 0, n);
+        net_acts_copy(nt, full, cache, 0, net_node_count(nt), n);
         float *w = net_weights(nt) + nd->woff;
         float saved = nd->wcount ? w[0] : 0;
         if (nd->wcount)
