@@ -89,7 +89,7 @@ static const field fields[] = {
       "within max_shift of nearest"),
     F("evolution.max_shift", T_INT, evolution.max_shift, "1", 1, 254, 0, NULL,
       "codes stay within this many states of their nearest code"),
-    F("evolution.boundary_bias", T_NUM, evolution.boundary_bias, "0.5", 0, 1, 0, NULL,
+    F("evolution.boundary_bias", T_NUM, evolution.boundary_bias, "0.9", 0, 1, 0, NULL,
       "0 = weights chosen uniformly; 1 = in proportion to closeness of w/s to a rounding boundary"),
     F("evolution.layers", T_LAYERS, evolution.layers, "\"adaptive\"", 0, 0, 0, NULL,
       "layer of a mutation: proportional (to weight count), uniform, adaptive (by recent "
