@@ -106,7 +106,7 @@ def main():
     print(f"| method | test {metric} | share of float-nearest gap recovered | wall time |")
     print("|---|---|---|---|")
     for m, v, w in rows:
-        share = (v - test["nearest"][metric]) / gap if gap else 0.0
+        share = (v - test["nearest"][metric]) / gap + 0.0 if gap else 0.0  # no "-0%"
         fmt = f"{v:.4f}" if metric == "accuracy" else f"{v:.6f}"
         print(f"| {m} | {fmt} | {share:.0%} | {'' if w is None else f'{w:.0f} s'} |")
 
