@@ -14,9 +14,10 @@ OUT/speedup.png, OUT/efficiency.png and OUT/time_breakdown.png, and prints a cos
 for 64-1024 ranks built from the measured computation and communication terms (see
 --help for the network constants the projection assumes).
 
-Strong scaling: the total population (--population-total) and the fitness images
-(config's data.fitness_size) stay fixed, so each island gets total/R parents and a
-shard of fitness_size/R images. Weak scaling: each island keeps the config's population
+Strong scaling: the total population (--population-total), the offspring per generation
+(--offspring-total) and the fitness images (config's data.fitness_size) stay fixed, so
+each island gets total/R parents and offspring and scores its whole shard of
+fitness_size/R images. Weak scaling: each island keeps the config's population
 and data.fitness_size images, so the totals grow with R. On a machine with fewer cores
 than ranks (mpirun --oversubscribe), runs beyond the core count show behaviour, not
 speed; the CSV marks them.
@@ -40,7 +41,10 @@ FIELDS = ["study", "ranks", "oversubscribed", "population_per_island", "fitness_
           "bytes_per_migration", "full_state_bytes", "validation_fitness", "test_metric"]
 
 
-def run_one(args, study, ranks, population, fitness):
+def run_one(args, study, ranks, population, offspring, fitness):
+    """fitness = total fitness images; strong runs score each island's whole shard
+    (fitness / ranks images) every evaluation, so the images scored per generation over
+    all islands stay fixed; weak runs keep the config's per-island batch."""
     out = os.path.join(args.out, f"{study}-{ranks}")
     cmd = ["mpirun", "-n", str(ranks), "--oversubscribe"]
     if os.geteuid() == 0:
@@ -50,10 +54,14 @@ def run_one(args, study, ranks, population, fitness):
             "--set", f"stop.generations={args.generations}",
             "--set", "stop.seconds=0",
             "--set", f"evolution.population={population}",
+            "--set", f"evolution.offspring={offspring}",
             "--set", f"evolution.tournament={min(2, population)}",
             "--set", f"islands.migrants=1",
             "--set", f"data.fitness_size={fitness}",
             "--set", f"data.test_size={args.test_size}"]
+    if study == "strong":
+        shard = fitness // ranks
+        cmd += ["--set", "data.fitness_batch=0", "--set", f"data.eval_batch={shard}"]
     for s in args.set or []:
         cmd += ["--set", s]
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
@@ -181,6 +189,8 @@ def main():
     ap.add_argument("--generations", type=int, default=40)
     ap.add_argument("--population-total", type=int, default=8,
                     help="strong scaling: parents over all islands (default 8)")
+    ap.add_argument("--offspring-total", type=int, default=16,
+                    help="strong scaling: offspring per generation over all islands (16)")
     ap.add_argument("--test-size", type=int, default=1000)
     ap.add_argument("--set", action="append", help="extra qevo-island --set KEY=VALUE")
     ap.add_argument("--island", default="build/qevo-island")
@@ -195,12 +205,13 @@ def main():
         cfg = json.load(f)
     fitness = cfg.get("data", {}).get("fitness_size", 4096)
     population = cfg.get("evolution", {}).get("population", 4)
+    offspring = cfg.get("evolution", {}).get("offspring", 8)
     rows = []
     for ranks in args.ranks:
-        per = max(1, args.population_total // ranks)
-        rows.append(run_one(args, "strong", ranks, per, fitness))
+        rows.append(run_one(args, "strong", ranks, max(1, args.population_total // ranks),
+                            max(1, args.offspring_total // ranks), fitness))
     for ranks in args.ranks:
-        rows.append(run_one(args, "weak", ranks, population, fitness * ranks))
+        rows.append(run_one(args, "weak", ranks, population, offspring, fitness * ranks))
     path = os.path.join(args.out, "scaling.csv")
     with open(path + ".tmp", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=FIELDS)
