@@ -61,7 +61,10 @@ def run_one(args, study, ranks, population, offspring, fitness):
             "--set", f"data.test_size={args.test_size}"]
     if study == "strong":
         shard = fitness // ranks
-        cmd += ["--set", "data.fitness_batch=0", "--set", f"data.eval_batch={shard}"]
+        # Enough cache for every parent at every rank count (memory per island falls as
+        # 1/R^2), so that caching does not change with R and distort the speedup.
+        cmd += ["--set", "data.fitness_batch=0", "--set", f"data.eval_batch={shard}",
+                "--set", f"evolution.cache_mb={args.strong_cache_mb}"]
     for s in args.set or []:
         cmd += ["--set", s]
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
@@ -191,6 +194,8 @@ def main():
                     help="strong scaling: parents over all islands (default 8)")
     ap.add_argument("--offspring-total", type=int, default=16,
                     help="strong scaling: offspring per generation over all islands (16)")
+    ap.add_argument("--strong-cache-mb", type=int, default=6144,
+                    help="strong scaling: evolution.cache_mb per island (6144)")
     ap.add_argument("--test-size", type=int, default=1000)
     ap.add_argument("--set", action="append", help="extra qevo-island --set KEY=VALUE")
     ap.add_argument("--island", default="build/qevo-island")
