@@ -2,17 +2,10 @@
 # The qevo command line: usage, every class of bad input (clear message on stderr naming
 # the file or option, exit 1), and that nothing half-written is left behind.
 set -u
-cd "$(dirname "$0")/../.."
-QEVO="${BUILD:-build}/qevo"
+. "$(dirname "$0")/../lib.sh"
+QEVO="$BUILD/qevo"
 MODEL=examples/models/vgg.safetensors
 AE=examples/models/autoencoder.safetensors
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-passed=0
-failed=0
-
-ok() { passed=$((passed + 1)); }
-bad() { failed=$((failed + 1)); echo "FAIL: $*"; }
 
 # expect_fail "what" "substring of stderr" cmd...
 expect_fail() {

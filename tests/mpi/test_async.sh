@@ -3,18 +3,7 @@
 # slowed down; the others do not wait for it, the run ends cleanly, and every migrant
 # sent is received exactly once. The same run in sync mode shows the waiting it avoids.
 set -u
-cd "$(dirname "$0")/../.."
-BUILD="${BUILD:-build}"
-PY="${QEVO_PYTHON:-/usr/bin/python3}"
-export OPENBLAS_NUM_THREADS=1
-MPIRUN=(mpirun --oversubscribe)
-[ "$(id -u)" = 0 ] && MPIRUN+=(--allow-run-as-root)
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-passed=0
-failed=0
-ok() { passed=$((passed + 1)); }
-bad() { failed=$((failed + 1)); echo "FAIL: $*"; }
+. "$(dirname "$0")/../lib.sh"
 
 cat >"$tmp/run.json" <<JSON
 {

@@ -4,19 +4,7 @@
 # a changed setting is refused by name; a corrupt checkpoint is skipped; a run resumes
 # on another number of ranks.
 set -u
-cd "$(dirname "$0")/../.."
-BUILD="${BUILD:-build}"
-ISLAND="$BUILD/qevo-island"
-PY="${QEVO_PYTHON:-/usr/bin/python3}"
-export OPENBLAS_NUM_THREADS=1
-MPIRUN=(mpirun --oversubscribe)
-[ "$(id -u)" = 0 ] && MPIRUN+=(--allow-run-as-root)
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-passed=0
-failed=0
-ok() { passed=$((passed + 1)); }
-bad() { failed=$((failed + 1)); echo "FAIL: $*"; }
+. "$(dirname "$0")/../lib.sh"
 
 cat >"$tmp/run.json" <<JSON
 {

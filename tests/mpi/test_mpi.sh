@@ -3,19 +3,7 @@
 # determinism across two runs, one island without migration, four islands on a torus,
 # one rank failing on a bad file (every rank exits, one message), config errors.
 set -u
-cd "$(dirname "$0")/../.."
-BUILD="${BUILD:-build}"
-ISLAND="$BUILD/qevo-island"
-PY="${QEVO_PYTHON:-/usr/bin/python3}"
-export OPENBLAS_NUM_THREADS=1
-MPIRUN=(mpirun --oversubscribe)
-[ "$(id -u)" = 0 ] && MPIRUN+=(--allow-run-as-root)
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-passed=0
-failed=0
-ok() { passed=$((passed + 1)); }
-bad() { failed=$((failed + 1)); echo "FAIL: $*"; }
+. "$(dirname "$0")/../lib.sh"
 
 for n in 1 2 4; do
     out=$(timeout 300 "${MPIRUN[@]}" -n "$n" "$BUILD/mpitests/test_island" 2>&1)
