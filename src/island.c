@@ -145,30 +145,30 @@ static int cmp_int(const void *a, const void *b)
 }
 
 /* Random d-regular graph on n vertices from the seed: the configuration model (pair up
- * d stubs per vertex at random), retried until there is no self-loop or double edge.
+ * d half-edges per vertex at random), retried until there is no self-loop or double edge.
  * Every rank builds the same graph. Returns an adjacency matrix (n*n bytes) or NULL. */
 static unsigned char *random_regular(int n, int d, uint64_t seed)
 {
     unsigned char *adj = qv_calloc((size_t)n * n, 1);
-    int *stubs = qv_malloc(sizeof(int) * (size_t)n * d);
+    int *half_edges = qv_malloc(sizeof(int) * (size_t)n * d);
     for (uint32_t attempt = 0; attempt < 1000; attempt++) {
         rng r = rng_stream(seed, attempt, 0, RNG_TOPOLOGY);
         for (int i = 0; i < n * d; i++)
-            stubs[i] = i / d;
-        rng_shuffle(&r, stubs, n * d);
+            half_edges[i] = i / d;
+        rng_shuffle(&r, half_edges, n * d);
         memset(adj, 0, (size_t)n * n);
         bool ok = true;
         for (int i = 0; i < n * d && ok; i += 2) {
-            int a = stubs[i], b = stubs[i + 1];
+            int a = half_edges[i], b = half_edges[i + 1];
             ok = a != b && !adj[(size_t)a * n + b];
             adj[(size_t)a * n + b] = adj[(size_t)b * n + a] = 1;
         }
         if (ok) {
-            free(stubs);
+            free(half_edges);
             return adj;
         }
     }
-    free(stubs);
+    free(half_edges);
     free(adj);
     return NULL;
 }
