@@ -47,6 +47,11 @@ static const field fields[] = {
       "bits of the first conv/linear layer; 0 = quantizer.bits"),
     F("quantizer.last_bits", T_INT, quantizer.last_bits, "0", 0, 8, 0, NULL,
       "bits of the last conv/linear layer; 0 = quantizer.bits"),
+    F("reconstruction.sweeps", T_INT, reconstruction.sweeps, "0", 0, 10000, 0, NULL,
+      "before the evolution, give each conv2d/linear layer in turn the codes (within "
+      "evolution.max_shift of nearest) that best reproduce its float output on the fitness "
+      "images, by greedy sweeps over its weights, at most this many; 0 = off (start from "
+      "`start` as it is)"),
     F("data.train", T_STR, data.train, "\"fashion-mnist:train\"", 0, 0, 0, NULL,
       "dataset the fitness shards and the validation split are drawn from"),
     F("data.test", T_STR, data.test, "\"fashion-mnist:test\"", 0, 0, 0, NULL,

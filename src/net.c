@@ -1120,6 +1120,19 @@ void net_forward(const net *nt, net_acts *a, const float *x, int n)
     net_forward_from(nt, 0, a, a, n);
 }
 
+int net_block_images(const net *nt)
+{
+    return nt->block;
+}
+
+const float *net_node_input(const net *nt, const net_acts *a, int i, int b0)
+{
+    QV_ASSERT(i >= 0 && i < nt->count && b0 % nt->block == 0 && a->ws);
+    int j = nt->nodes[i].inputs[0];
+    const float *buf = j == NET_INPUT ? a->input : a->out[j];
+    return buf + (size_t)b0 * per_image(j == NET_INPUT ? nt->input : nt->nodes[j].out);
+}
+
 void net_output(const net *nt, const net_acts *a, int n, float *y)
 {
     op_dims od = net_output_dims(nt);

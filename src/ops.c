@@ -265,6 +265,11 @@ static void im2col(const float *x, op_dims in, const op_conv *p, op_dims o, int 
             }
 }
 
+void op_im2col(const float *x, op_dims in, const op_conv *p, float *col)
+{
+    im2col(x, in, p, op_conv2d_out(in, p), 0, in.n, col);
+}
+
 /* ---- Direct convolution (stride 1, AVX-512) ----
  *
  * For convs with few channels, im2col + sgemm spends more time copying (im2col writes

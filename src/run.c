@@ -2,6 +2,7 @@
 #include "qevo/run.h"
 
 #include <jansson.h>
+#include <limits.h>
 #include <math.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -241,11 +242,31 @@ static int setup_model_and_data(run_state *s, qv_err *err)
     return load_start(s, err);
 }
 
+static void sum_over_islands(double *v, size_t count)
+{
+    QV_ASSERT(count <= INT_MAX);
+    island_sum(v, (int)count);
+}
+
+/* reconstruction.sweeps: the start state becomes the layer-wise reconstruction of
+ * `start`, on the whole fitness split (every shard), the same on every island. */
+static void reconstruct_start(run_state *s)
+{
+    double t0 = qv_now();
+    s->recon = qv_calloc((size_t)quant_layer_count(s->q), sizeof(recon_layer));
+    recon_run(s->nt, s->q, s->start, &s->shard_im, s->cfg.data.eval_batch,
+              s->cfg.evolution.max_shift, s->cfg.reconstruction.sweeps, sum_over_islands,
+              s->recon);
+    s->t_recon = qv_now() - t0;
+}
+
 static int setup_islands(run_state *s, qv_err *err)
 {
     make_splits(s);
     evo_images_prepare(&s->shard_im, s->train, s->shard, s->shard_count, s->nt, s->q,
                        s->cfg.data.eval_batch, s->cfg.fitness.temperature);
+    if (s->cfg.reconstruction.sweeps && !s->dry_run)
+        reconstruct_start(s);
     run_draw_batch(s, 0, &s->batch);
     /* Validation and test KL are reported at temperature 1, whatever the fitness uses. */
     evo_images_prepare(&s->val, s->train, s->val_idx, s->val_count, s->nt, s->q,
@@ -284,6 +305,7 @@ void run_state_free(run_state *s)
     free(s->test_idx);
     free(s->nearest);
     free(s->start);
+    free(s->recon);
     free(s->best);
     free(s->overrides);
     free(s->resolved);

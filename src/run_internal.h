@@ -12,6 +12,7 @@
 #include "qevo/island.h"
 #include "qevo/net.h"
 #include "qevo/quant.h"
+#include "qevo/recon.h"
 #include "qevo/report.h"
 
 typedef struct {
@@ -28,6 +29,7 @@ typedef struct {
     net *nt;
     quant *q;
     int8_t *nearest, *start, *best;
+    recon_layer *recon;       /* reconstruction.sweeps: per quantized layer, or NULL */
     /* data: the train permutation; this island's shard; this rank's slices */
     data_set *train, *test;
     int *perm;
@@ -64,7 +66,7 @@ typedef struct {
     double last_checkpoint_time;
     long long log_bytes;      /* log.jsonl length to resume at */
     /* time per phase */
-    double t_start, t_setup, t_migration, t_validation, t_test, t_redraw;
+    double t_start, t_setup, t_recon, t_migration, t_validation, t_test, t_redraw;
     double t_loop;            /* in the generation loop (this run's part) */
 } run_state;
 

@@ -130,8 +130,22 @@ static void print_header(run_state *s)
                                                                                  : "random",
            evo_cache_slots(s->is), evo_cache_bytes(s->is) / 1048576.0);
     printf("  validation: float %s\n              nearest %s\n", fl, ne);
-    if (c->start[0])
-        printf("              start %s (%s)\n", st, c->start);
+    if (c->start[0] || s->recon)
+        printf("              start %s (%s%s)\n", st, c->start[0] ? c->start : "nearest",
+               s->recon ? " + reconstruction" : "");
+    if (s->recon) {
+        printf("  reconstruction (%.1f s), relative output error per layer:\n", s->t_recon);
+        for (int l = 0; l < quant_layer_count(s->q); l++) {
+            const recon_layer *r = &s->recon[l];
+            const char *name = net_node_at(s->nt, r->node)->name;
+            if (r->reconstructed)
+                printf("    %-24s %.5f -> %.5f  (%zu codes moved, %d sweeps)\n", name,
+                       r->before, r->after, r->changed, r->sweeps);
+            else
+                printf("    %-24s kept (convtranspose2d layers are not reconstructed)\n",
+                       name);
+        }
+    }
     printf("\n%7s %11s %11s %11s %8s %9s %9s %9s %9s\n", "gen", "best fit", "mean fit",
            "val fit", "val acc", "evals/s", "migr acc", "elapsed", "remain");
     fflush(stdout);

@@ -151,6 +151,24 @@ static int write_reconstructions(run_state *s, qv_err *err)
     return rc;
 }
 
+/* reconstruction.sweeps: what the layer-wise stage did to each layer. */
+static json_t *reconstruction_json(const run_state *s)
+{
+    json_t *layers = json_array();
+    for (int l = 0; l < quant_layer_count(s->q); l++) {
+        const recon_layer *r = &s->recon[l];
+        json_t *o = json_pack("{ss sb}", "layer", net_node_at(s->nt, r->node)->name,
+                              "reconstructed", r->reconstructed);
+        if (r->reconstructed)
+            json_object_update_new(o, json_pack("{sf sf sI si}", "error_before", r->before,
+                                                "error_after", r->after, "codes_moved",
+                                                (json_int_t)r->changed, "sweeps", r->sweeps));
+        json_array_append_new(layers, o);
+    }
+    return json_pack("{si sf so}", "max_sweeps", s->cfg.reconstruction.sweeps, "seconds",
+                     s->t_recon, "layers", layers);
+}
+
 static int write_outputs(run_state *s, json_t *result, qv_err *err)
 {
     const char *dir = s->cfg.output.dir;
@@ -197,11 +215,14 @@ int run_results(run_state *s)
 
     double total = qv_now() - s->t_start;
     const config *c = &s->cfg;
+    char start_desc[4096];
+    snprintf(start_desc, sizeof start_desc, "%s%s", c->start[0] ? c->start : "nearest",
+             s->recon ? " + reconstruction" : "");
     json_t *result = json_pack(
         "{ss ss si ss s{sisssisi} s{sisisisi} si "
         "s{s{soso so so} s{soso so so}} s{soso} s{sisisf} so sI so so "
         "s{sfsfsfsfsfsfsf}}",
-        "model", c->model, "start", c->start[0] ? c->start : "nearest", "ranks", s->nranks,
+        "model", c->model, "start", start_desc, "ranks", s->nranks,
         "topology", config_topology_name(c->islands.topology),
         "quantizer", "bits", c->quantizer.bits, "granularity",
         c->quantizer.granularity ? "per_channel" : "per_tensor", "first_bits",
@@ -224,6 +245,11 @@ int run_results(run_state *s)
         "migration", s->t_migration, "validation", s->t_validation, "redraw", s->t_redraw,
         "test", s->t_test);
     QV_ASSERT(result);
+    if (s->recon) {
+        json_object_set_new(result, "reconstruction", reconstruction_json(s));
+        json_object_set_new(json_object_get(result, "time"), "reconstruction",
+                            json_real(s->t_recon));
+    }
     qv_err local = {{0}};
     int rc = 0;
     if (s->rank == 0) {

@@ -28,6 +28,9 @@ typedef struct {
         int first_bits, last_bits;
     } quantizer;
     struct {
+        int sweeps;           /* layer-wise reconstruction of the start state; 0 = off */
+    } reconstruction;
+    struct {
         char *train;          /* dataset the fitness and validation splits come from */
         char *test;           /* held-out test split: scored once, at the end */
         int test_size;        /* first images of the test split to score; 0 = all */

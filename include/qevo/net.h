@@ -148,6 +148,13 @@ void net_forward(const net *nt, net_acts *a, const float *x, int n);
  * equals a full forward pass with the current weights, bit for bit. */
 void net_forward_from(const net *nt, int first, const net_acts *cached, net_acts *out, int n);
 
+/* Passes store activations as consecutive CNHW tensors of net_block_images() images
+ * (the last one may hold fewer). The first input of node i for the block starting at
+ * image b0 (a multiple of net_block_images()) in the last pass into full storage a:
+ * (C, min(block, n - b0), H, W) in the shape of net_node_at(nt, i)->in. */
+int net_block_images(const net *nt);
+const float *net_node_input(const net *nt, const net_acts *a, int i, int b0);
+
 /* The output of the last forward pass in a (for n images) as (n, C*H*W), row-major. */
 void net_output(const net *nt, const net_acts *a, int n, float *y);
 

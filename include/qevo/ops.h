@@ -70,6 +70,10 @@ void op_conv2d_add(const float *x, op_dims in, const op_conv *p, const float *w,
 void op_conv2d_add_ref(const float *x, op_dims in, const op_conv *p, const float *w,
                        const float *b, const float *r, op_act act, float *y);
 
+/* The columns op_conv2d multiplies by its weights: col (cin*kh*kw, N*OH*OW), row
+ * (c, ki, kj) in PyTorch's weight order, column (image, oy, ox); padding gives zeros. */
+void op_im2col(const float *x, op_dims in, const op_conv *p, float *col);
+
 /* For tests and benchmarks: false makes op_conv2d use im2col + sgemm also where it
  * would use the direct kernel (default true). The workspace size depends on it, so set
  * it before sizing workspaces (op_conv2d_workspace, net_acts_create). Not thread-safe. */
