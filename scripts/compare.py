@@ -4,7 +4,7 @@ images, scored on the held-out test split: float, nearest rounding, AdaRound, qe
 qevo started from AdaRound's codes, with the wall time of each method.
 
     /usr/bin/python3 scripts/compare.py examples/vgg.json [--ranks 2]
-        [--from-adaround-seconds 300] [--set KEY=VALUE ...] [--out runs/compare-vgg]
+        [--from-adaround-seconds 150] [--set KEY=VALUE ...] [--out runs/compare-vgg]
 
 1. `mpirun -n RANKS qevo-island CONFIG` (its stop rule as configured), into OUT/qevo;
 2. scripts/adaround.py with the config's quantizer on the union of the fitness shards of
@@ -14,11 +14,14 @@ qevo started from AdaRound's codes, with the wall time of each method.
 4. `qevo eval` of AdaRound's model on the test split; the other figures come from the
    runs' result.json (scored on the test split once, at the end).
 
+Every run starts fresh: run folders an earlier compare left in OUT are removed first
+(qevo-island would otherwise resume from their checkpoints).
 Writes OUT/compare.json and prints one Markdown table row per method.
 """
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -30,6 +33,14 @@ def run(cmd, log):
     with open(log, "w") as f:
         subprocess.run(cmd, check=True, stdout=f, stderr=subprocess.STDOUT)
     return time.time() - t0
+
+
+def fresh(folder):
+    """Removes a run folder an earlier compare left, so the run starts anew."""
+    if os.path.exists(folder):
+        print(f"compare.py: removing {folder} from an earlier compare", flush=True)
+        shutil.rmtree(folder)
+    return folder
 
 
 def mpirun(ranks):
@@ -45,7 +56,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("config")
     ap.add_argument("--ranks", type=int, default=2)
-    ap.add_argument("--from-adaround-seconds", type=float, default=300)
+    ap.add_argument("--from-adaround-seconds", type=float, default=150)
     ap.add_argument("--set", action="append", default=[], help="qevo-island --set KEY=VALUE")
     ap.add_argument("--adaround-iterations", type=int, default=2000)
     ap.add_argument("--build", default="build")
@@ -60,7 +71,8 @@ def main():
     os.environ["OPENBLAS_NUM_THREADS"] = "1"
 
     wall = {}
-    wall["qevo"] = run(island + ["--set", f"output.dir={out}/qevo"], f"{out}/qevo.log")
+    wall["qevo"] = run(island + ["--set", f"output.dir={fresh(out + '/qevo')}"],
+                       f"{out}/qevo.log")
     cfg = json.load(open(f"{out}/qevo/config.json"))  # resolved, with the --set overrides
     q = cfg["quantizer"]
     ada_model = f"{out}/adaround.safetensors"
@@ -74,7 +86,8 @@ def main():
         if q[key]:
             ada += [f"--{key.replace('_', '-')}", str(q[key])]
     wall["adaround"] = run(ada, f"{out}/adaround.log")
-    extra = ["--set", f"start={ada_model}", "--set", f"output.dir={out}/qevo-from-adaround"]
+    extra = ["--set", f"start={ada_model}",
+             "--set", f"output.dir={fresh(out + '/qevo-from-adaround')}"]
     if args.from_adaround_seconds > 0:
         extra += ["--set", f"stop.seconds={args.from_adaround_seconds}",
                   "--set", "stop.generations=0"]

@@ -48,7 +48,7 @@ static const field fields[] = {
     F("quantizer.last_bits", T_INT, quantizer.last_bits, "0", 0, 8, 0, NULL,
       "bits of the last conv/linear layer; 0 = quantizer.bits"),
     F("reconstruction.sweeps", T_INT, reconstruction.sweeps, "0", 0, 10000, 0, NULL,
-      "before the evolution, give each conv2d/linear layer in turn the codes (within "
+      "before the evolution, give each weighted layer in turn the codes (within "
       "evolution.max_shift of nearest) that best reproduce its float output on the fitness "
       "images, by greedy sweeps over its weights, at most this many; 0 = off (start from "
       "`start` as it is)"),

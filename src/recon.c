@@ -15,7 +15,8 @@ static size_t volume(op_dims d)
     return (size_t)d.c * d.h * d.w;
 }
 
-/* Length of one output channel's weight row: conv2d (cout, cin*kh*kw), linear (out, in). */
+/* Length of one output channel's weight row (its inputs): K = cin*kh*kw, or in for a
+ * linear layer. */
 static int row_length(const net_node *nd)
 {
     if (nd->op == NET_LINEAR)
@@ -23,8 +24,44 @@ static int row_length(const net_node *nd)
     return nd->p.conv.cin * nd->p.conv.kh * nd->p.conv.kw;
 }
 
+/* Offset in the layer's weights of input j = (c, ki, kj) of output channel o: rows are
+ * contiguous for conv2d (cout, cin*kh*kw) and linear (out, in); a convtranspose2d stores
+ * (cin, cout*kh*kw). */
+static size_t weight_at(const net_node *nd, int o, int j)
+{
+    const op_conv *p = &nd->p.conv;
+    if (nd->op != NET_CONVT2D)
+        return (size_t)o * row_length(nd) + j;
+    int taps = p->kh * p->kw;
+    return ((size_t)(j / taps) * p->cout + o) * taps + j % taps;
+}
+
+/* Columns of a transposed convolution, (cin*kh*kw, N*OH*OW): row (c, ki, kj), column
+ * (image, oy, ox) holds the input pixel that tap (ki, kj) carries to (oy, ox), or 0. */
+static void convt_columns(const float *x, op_dims in, const op_conv *p, op_dims o, float *col)
+{
+    size_t cols = (size_t)in.n * o.h * o.w;
+    for (int c = 0; c < in.c; c++)
+        for (int ki = 0; ki < p->kh; ki++)
+            for (int kj = 0; kj < p->kw; kj++) {
+                float *d = col + (((size_t)c * p->kh + ki) * p->kw + kj) * cols;
+                for (int n = 0; n < in.n; n++) {
+                    const float *src = x + ((size_t)c * in.n + n) * in.h * in.w;
+                    for (int oy = 0; oy < o.h; oy++)
+                        for (int ox = 0; ox < o.w; ox++, d++) {
+                            int ty = oy + p->ph - ki, tx = ox + p->pw - kj;
+                            int iy = ty / p->sh, ix = tx / p->sw;
+                            bool hit = ty >= 0 && tx >= 0 && ty % p->sh == 0 &&
+                                       tx % p->sw == 0 && iy < in.h && ix < in.w;
+                            *d = hit ? src[(size_t)iy * in.w + ix] : 0.0f;
+                        }
+                }
+            }
+}
+
 /* The layer's input columns for one block of bn images, (K, cols) row-major: im2col for
- * a conv, the (in, N) activation itself for a linear layer. */
+ * a conv, its transposed counterpart for a convtranspose2d, the (in, N) activation
+ * itself for a linear layer. */
 static const float *input_columns(const net_node *nd, const float *x, int bn, float *buf,
                                   size_t *cols)
 {
@@ -32,9 +69,12 @@ static const float *input_columns(const net_node *nd, const float *x, int bn, fl
         *cols = (size_t)bn;
         return x;
     }
-    op_dims in = nd->in;
-    in.n = bn;
-    op_im2col(x, in, &nd->p.conv, buf);
+    op_dims in = nd->in, out = nd->out;
+    in.n = out.n = bn;
+    if (nd->op == NET_CONVT2D)
+        convt_columns(x, in, &nd->p.conv, out, buf);
+    else
+        op_im2col(x, in, &nd->p.conv, buf);
     *cols = (size_t)bn * nd->out.h * nd->out.w;
     return buf;
 }
@@ -140,33 +180,117 @@ static double reconstruct_row(const layer_problem *p, const float *w, const floa
     return loss;
 }
 
-static void reconstruct_layer(const quant *q, const quant_layer *ql, const layer_problem *p,
-                              const int8_t *nearest, int8_t *codes, recon_layer *st)
+/* One output channel's weights, gathered contiguous. */
+typedef struct {
+    float *w, *scale;
+    int8_t *qmax, *nearest, *codes;
+} row_view;
+
+static void reconstruct_layer(const quant *q, const quant_layer *ql, const net_node *nd,
+                              const layer_problem *p, const int8_t *nearest, int8_t *codes,
+                              recon_layer *st)
 {
-    const float *ref = quant_reference(q), *scale = quant_scale_of(q);
-    const int8_t *qmax = quant_qmax_of(q);
     int k = p->k;
     size_t rows = ql->wcount / (size_t)k;
     double *work = qv_malloc(sizeof(double) * 4 * (size_t)k);
-    int8_t *start = qv_malloc(ql->wcount);
-    memcpy(start, codes + ql->woff, ql->wcount);
+    row_view v = {qv_malloc(sizeof(float) * (size_t)k), qv_malloc(sizeof(float) * (size_t)k),
+                  qv_malloc((size_t)k), qv_malloc((size_t)k), qv_malloc((size_t)k)};
     double before = 0.0, after = 0.0, norm = 0.0;
     for (size_t r = 0; r < rows; r++) {
-        size_t at = ql->woff + r * (size_t)k;
+        for (int j = 0; j < k; j++) {
+            size_t i = ql->woff + weight_at(nd, (int)r, j);
+            v.w[j] = quant_reference(q)[i];
+            v.scale[j] = quant_scale_of(q)[i];
+            v.qmax[j] = quant_qmax_of(q)[i];
+            v.nearest[j] = nearest[i];
+            v.codes[j] = codes[i];
+        }
         double b, n;
         int sweeps;
-        after += reconstruct_row(p, ref + at, scale + at, qmax + at, nearest + at, codes + at,
-                                 work, &b, &n, &sweeps);
+        after += reconstruct_row(p, v.w, v.scale, v.qmax, v.nearest, v.codes, work, &b, &n,
+                                 &sweeps);
         before += b;
         norm += n;
         st->sweeps = sweeps > st->sweeps ? sweeps : st->sweeps;
+        for (int j = 0; j < k; j++) {
+            size_t i = ql->woff + weight_at(nd, (int)r, j);
+            st->changed += codes[i] != v.codes[j];
+            codes[i] = v.codes[j];
+        }
     }
-    for (size_t i = 0; i < ql->wcount; i++)
-        st->changed += codes[ql->woff + i] != start[i];
     st->before = norm > 0.0 ? before / norm : 0.0;
     st->after = norm > 0.0 ? after / norm : 0.0;
-    free(start);
+    free(v.w), free(v.scale), free(v.qmax), free(v.nearest), free(v.codes);
     free(work);
+}
+
+/* Passes and buffers shared by the layers of one reconstruction. */
+typedef struct {
+    net *nt;
+    const quant *q;
+    const evo_images *im;
+    int chunk, nchunks;
+    bool float_kept;  /* one chunk: its float pass serves every layer */
+    net_acts *af, *aq; /* float and quantized passes of one chunk */
+    float *colq, *colf, *tmp;
+    double *g3;       /* H, C, F of the current layer */
+} recon_ctx;
+
+static void ctx_init(recon_ctx *x, net *nt, const quant *q, const evo_images *im,
+                     int eval_batch)
+{
+    x->nt = nt, x->q = q, x->im = im;
+    x->chunk = eval_batch < im->count ? eval_batch : im->count;
+    x->nchunks = (im->count + x->chunk - 1) / x->chunk;
+    x->float_kept = false;
+    x->af = net_acts_create(nt, x->chunk);
+    x->aq = net_acts_create(nt, x->chunk);
+    /* Column buffers for the widest layer, one block at a time. */
+    size_t col_floats = 1, kk_max = 1;
+    for (int l = 0; l < quant_layer_count(q); l++) {
+        const net_node *nd = net_node_at(nt, quant_layer_at(q, l)->node);
+        size_t k = (size_t)row_length(nd);
+        size_t cols = nd->op == NET_LINEAR ? 1 : (size_t)nd->out.h * nd->out.w;
+        size_t need = k * cols * (size_t)net_block_images(nt);
+        col_floats = need > col_floats ? need : col_floats;
+        kk_max = k * k > kk_max ? k * k : kk_max;
+    }
+    x->colq = qv_malloc(sizeof(float) * col_floats);
+    x->colf = qv_malloc(sizeof(float) * col_floats);
+    x->tmp = qv_malloc(sizeof(float) * kk_max);
+    x->g3 = qv_malloc(sizeof(double) * 3 * kk_max);
+}
+
+static void ctx_free(recon_ctx *x)
+{
+    free(x->g3), free(x->tmp), free(x->colf), free(x->colq);
+    net_acts_free(x->aq);
+    net_acts_free(x->af);
+}
+
+/* The Grams of node `node` (k inputs) over every image, codes applied for the
+ * quantized pass, summed over islands; into x->g3. */
+static void layer_grams(recon_ctx *x, int node, int k, const int8_t *codes, recon_sum_fn sum)
+{
+    size_t kk = (size_t)k * k, n = quant_size(x->q);
+    size_t per = volume(net_input_dims(x->nt));
+    memset(x->g3, 0, sizeof(double) * 3 * kk);
+    for (int c = 0; c < x->nchunks; c++) {
+        int c0 = c * x->chunk, cn = x->im->count - c0 < x->chunk ? x->im->count - c0 : x->chunk;
+        const float *images = x->im->x + (size_t)c0 * per;
+        if (x->nchunks > 1 || !x->float_kept) {
+            memcpy(net_weights(x->nt), quant_reference(x->q), sizeof(float) * n);
+            net_forward(x->nt, x->af, images, cn);
+            x->float_kept = true;
+        }
+        quant_apply(x->q, x->nt, codes);
+        net_forward(x->nt, x->aq, images, cn);
+        add_chunk_grams(x->nt, node, x->aq, x->af, cn, x->colq, x->colf, x->tmp, x->g3);
+    }
+    if (sum)
+        sum(x->g3, 3 * kk);
+    symmetrize(k, x->g3);
+    symmetrize(k, x->g3 + 2 * kk);
 }
 
 void recon_run(net *nt, const quant *q, int8_t *codes, const evo_images *im, int eval_batch,
@@ -176,63 +300,21 @@ void recon_run(net *nt, const quant *q, int8_t *codes, const evo_images *im, int
     QV_ASSERT(n == net_weight_count(nt) && im->count >= 1 && eval_batch >= 1);
     int8_t *nearest = qv_malloc(n ? n : 1);
     quant_nearest(q, nearest);
-    int chunk = eval_batch < im->count ? eval_batch : im->count;
-    int nchunks = (im->count + chunk - 1) / chunk;
-    size_t per = volume(net_input_dims(nt));
-    net_acts *af = net_acts_create(nt, chunk), *aq = net_acts_create(nt, chunk);
-    /* Column buffers for the widest layer, one block at a time. */
-    size_t col_floats = 1, kk_max = 1;
-    for (int l = 0; l < quant_layer_count(q); l++) {
-        const net_node *nd = net_node_at(nt, quant_layer_at(q, l)->node);
-        size_t k = (size_t)row_length(nd);
-        size_t cols = nd->op == NET_CONV2D ? (size_t)nd->out.h * nd->out.w : 1;
-        size_t need = k * cols * (size_t)net_block_images(nt);
-        col_floats = need > col_floats ? need : col_floats;
-        kk_max = k * k > kk_max ? k * k : kk_max;
-    }
-    float *colq = qv_malloc(sizeof(float) * col_floats);
-    float *colf = qv_malloc(sizeof(float) * col_floats);
-    float *tmp = qv_malloc(sizeof(float) * kk_max);
-    double *g3 = qv_malloc(sizeof(double) * 3 * kk_max);
-    float *w = net_weights(nt);
-    bool float_kept = false;
+    recon_ctx x;
+    ctx_init(&x, nt, q, im, eval_batch);
     for (int l = 0; l < quant_layer_count(q); l++) {
         const quant_layer *ql = quant_layer_at(q, l);
         const net_node *nd = net_node_at(nt, ql->node);
+        int k = row_length(nd);
+        size_t kk = (size_t)k * k;
+        layer_grams(&x, ql->node, k, codes, sum);
+        layer_problem p = {k, x.g3, x.g3 + kk, x.g3 + 2 * kk, max_shift, max_sweeps};
         recon_layer st = {.node = ql->node};
-        if (nd->op != NET_CONVT2D) {
-            int k = row_length(nd);
-            size_t kk = (size_t)k * k;
-            memset(g3, 0, sizeof(double) * 3 * kk);
-            for (int c = 0; c < nchunks; c++) {
-                int c0 = c * chunk, cn = im->count - c0 < chunk ? im->count - c0 : chunk;
-                const float *x = im->x + (size_t)c0 * per;
-                if (nchunks > 1 || !float_kept) { /* one chunk: the float pass is kept */
-                    memcpy(w, quant_reference(q), sizeof(float) * n);
-                    net_forward(nt, af, x, cn);
-                    float_kept = true;
-                }
-                quant_apply(q, nt, codes);
-                net_forward(nt, aq, x, cn);
-                add_chunk_grams(nt, ql->node, aq, af, cn, colq, colf, tmp, g3);
-            }
-            if (sum)
-                sum(g3, 3 * kk);
-            symmetrize(k, g3);
-            symmetrize(k, g3 + 2 * kk);
-            layer_problem p = {k, g3, g3 + kk, g3 + 2 * kk, max_shift, max_sweeps};
-            st.reconstructed = 1;
-            reconstruct_layer(q, ql, &p, nearest, codes, &st);
-        }
+        reconstruct_layer(q, ql, nd, &p, nearest, codes, &st);
         if (layers)
             layers[l] = st;
     }
     quant_apply(q, nt, codes);
-    free(g3);
-    free(tmp);
-    free(colf);
-    free(colq);
-    net_acts_free(aq);
-    net_acts_free(af);
+    ctx_free(&x);
     free(nearest);
 }

@@ -200,26 +200,33 @@ static bool resumable(const char *path)
     return false;
 }
 
-/* Appends "path (old -> new)" for every setting that differs and matters. */
+/* Appends "path (old -> new)" for every setting that differs and matters, including
+ * one that only one side has (a checkpoint from a version without a newer setting). */
 static void diff_json(json_t *a, json_t *b, const char *prefix, char *out, size_t cap)
 {
-    if (json_is_object(a)) {
+    if (json_is_object(a) || json_is_object(b)) {
         const char *key;
         json_t *v;
+        char path[256];
         json_object_foreach(a, key, v) {
-            char path[256];
             snprintf(path, sizeof path, "%s%s%s", prefix, prefix[0] ? "." : "", key);
             diff_json(v, json_object_get(b, key), path, out, cap);
         }
+        json_object_foreach(b, key, v) {
+            if (json_object_get(a, key))
+                continue;
+            snprintf(path, sizeof path, "%s%s%s", prefix, prefix[0] ? "." : "", key);
+            diff_json(NULL, v, path, out, cap);
+        }
         return;
     }
-    if (resumable(prefix) || (b && json_equal(a, b)))
+    if (resumable(prefix) || (a && b && json_equal(a, b)))
         return;
-    char *x = json_dumps(a, JSON_ENCODE_ANY | JSON_COMPACT);
+    char *x = a ? json_dumps(a, JSON_ENCODE_ANY | JSON_COMPACT) : NULL;
     char *y = b ? json_dumps(b, JSON_ENCODE_ANY | JSON_COMPACT) : NULL;
     size_t len = strlen(out);
-    snprintf(out + len, cap - len, "%s%s (%s -> %s)", len ? ", " : "", prefix, x,
-             y ? y : "absent");
+    snprintf(out + len, cap - len, "%s%s (%s -> %s)", len ? ", " : "", prefix,
+             x ? x : "absent", y ? y : "absent");
     free(x);
     free(y);
 }

@@ -1,6 +1,6 @@
 /* recon: layer-wise reconstruction, the optional warm start of the optimizer.
  *
- * Before the evolution, each conv2d / linear layer in turn (first to last) gets the codes
+ * Before the evolution, each conv2d / convtranspose2d / linear layer in turn (first to last) gets the codes
  * that make its output closest to the float model's on the calibration images:
  *     minimise || Wq X~ - W X ||^2
  * where W, X are the layer's float weights and input in the float model and X~ its input
@@ -13,7 +13,7 @@
  * optimizes the end-to-end fitness, which no layer-wise error sees.
  *
  * The Grams are summed over all islands' shards by a caller-given reduction, so every
- * island computes the same start state. Transposed convolutions keep their codes. */
+ * island computes the same start state. */
 #ifndef QEVO_RECON_H
 #define QEVO_RECON_H
 
@@ -29,7 +29,6 @@ typedef void (*recon_sum_fn)(double *v, size_t count);
 
 typedef struct {
     int node;             /* net node of the layer */
-    int reconstructed;    /* 0 for layers this stage does not handle (convtranspose2d) */
     double before, after; /* relative output error ||Wq X~ - W X||^2 / ||W X||^2 */
     size_t changed;       /* codes moved by this stage */
     int sweeps;           /* sweeps run (the last one changed nothing, or max_sweeps) */

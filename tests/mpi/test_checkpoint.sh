@@ -85,6 +85,24 @@ same_result "$tmp/ref" "$tmp/kill" && ok || bad "result after SIGKILL and restar
 run 2 "$tmp/sig" --set evolution.rate=0.002 >"$tmp/changed.log" 2>&1
 [ $? -ne 0 ] && grep -q "resume: the configuration changed: evolution.rate (0.001 -> 0.002)" \
     "$tmp/changed.log" && ok || bad "changed config: $(tail -3 "$tmp/changed.log")"
+# A checkpoint whose configuration lacks a setting (written before it existed) is
+# refused too: the setting may change the search.
+mkdir -p "$tmp/old/checkpoints"
+cp -r "$tmp/sig/checkpoints/$(ls "$tmp/sig/checkpoints" | tail -n 1)" "$tmp/old/checkpoints/"
+"$PY" - "$(ls -d "$tmp"/old/checkpoints/*)/run.json" <<'PY'
+import json, struct, sys, zlib
+path = sys.argv[1]
+raw = open(path, "rb").read()
+run = json.loads(raw[20:])
+config = json.loads(run["config"])
+del config["reconstruction"]
+run["config"] = json.dumps(config)
+data = json.dumps(run).encode()
+open(path, "wb").write(raw[:8] + struct.pack("<QI", len(data), zlib.crc32(data)) + data)
+PY
+run 2 "$tmp/old" >"$tmp/old.log" 2>&1
+[ $? -ne 0 ] && grep -q "resume: the configuration changed: reconstruction.sweeps (absent -> 0)" \
+    "$tmp/old.log" && ok || bad "checkpoint lacking a setting: $(tail -3 "$tmp/old.log")"
 run 2 "$tmp/sig" --set stop.generations=160 >"$tmp/longer.log" 2>&1 && ok ||
     bad "extending stop.generations on resume: $(tail -3 "$tmp/longer.log")"
 
