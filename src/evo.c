@@ -737,8 +737,10 @@ static void evaluate_kid(evo_island *is, int j)
     score_member(is, kid, t);
     keep_kid_cache(is, j, parent, resume);
     if (is->c->evolution.layers == LAYERS_ADAPTIVE && is->kid_layer[j] >= 0) {
+        /* The layer's cost is what an incremental evaluation runs, cache or not: the
+         * search must not depend on the cache's memory bound. */
         double flops = 0;
-        for (int k = parent->cache >= 0 ? resume : 0; k < net_node_count(is->nt); k++)
+        for (int k = resume; k < net_node_count(is->nt); k++)
             flops += net_node_at(is->nt, k)->flops;
         adapt_layer_weights(is, is->kid_layer[j], fmax(0.0, parent->key.k[0] - kid->key.k[0]),
                             flops);

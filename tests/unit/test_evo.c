@@ -1,7 +1,7 @@
 /* evo: operators keep codes in range and within max_shift; flips go to the other
  * rounding neighbour; crossover touches only differing positions; sparse differences
- * round-trip; incremental evaluation scores exactly like full passes; selection keeps
- * the elite. */
+ * round-trip; incremental evaluation scores exactly like full passes and evolves the
+ * same states; selection keeps the elite. */
 #define _POSIX_C_SOURCE 200809L
 #include "qevo/evo.h"
 
@@ -210,6 +210,45 @@ static void test_island(net *nt, const quant *q, const data_set *ds, sel_kind se
     config_free(&c);
 }
 
+/* The cache changes only speed: with and without it an island (adaptive layer choice,
+ * whose costs are those of incremental evaluation) evolves the same states. */
+static void test_cache_neutral(net *nt, const quant *q, const data_set *ds)
+{
+    int idx[40];
+    for (int i = 0; i < 40; i++)
+        idx[i] = i;
+    evo_images im;
+    evo_images_prepare(&im, ds, idx, 40, nt, q, 64, 1.0);
+    int8_t *start = qv_malloc(quant_size(q));
+    quant_nearest(q, start);
+    evo_island *is[2];
+    config c[2];
+    for (int k = 0; k < 2; k++) {
+        c[k] = base_config();
+        c[k].evolution.layers = LAYERS_ADAPTIVE;
+        c[k].evolution.rate = 0.01;
+        c[k].evolution.cache_mb = k ? 64 : 0;
+        c[k].data.eval_batch = 64;
+        qv_err err;
+        is[k] = evo_create(nt, q, start, &c[k], &im, 0, &err);
+        QV_ASSERT(is[k]);
+        for (uint32_t g = 1; g <= 15; g++)
+            evo_generation(is[k], g);
+    }
+    int same = 1;
+    for (int i = 0; i < evo_size(is[0]); i++)
+        same &= memcmp(evo_member_at(is[0], i)->codes, evo_member_at(is[1], i)->codes,
+                       quant_size(q)) == 0;
+    CHECKF(same, "adaptive layer choice evolved other states without the cache");
+    CHECK(evo_get_stats(is[1])->incremental > 0 && evo_get_stats(is[0])->incremental == 0);
+    for (int k = 0; k < 2; k++) {
+        evo_free(is[k]);
+        config_free(&c[k]);
+    }
+    free(start);
+    evo_images_free(&im);
+}
+
 static void test_layer_names(net *nt, const quant *q, const data_set *ds)
 {
     config c = base_config();
@@ -248,6 +287,7 @@ int main(void)
     test_island(nt, q, ds, SEL_COMMA, 64, LAYERS_UNIFORM);
     test_island(nt, q, ds, SEL_PLUS, 0, LAYERS_ADAPTIVE);
     test_island(nt, q, ds, SEL_PLUS, 64, LAYERS_ADAPTIVE);
+    test_cache_neutral(nt, q, ds);
     test_layer_names(nt, q, ds);
     data_free(ds);
     quant_free(q);
