@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "qevo/quant.h"
+#include "qevo/recon.h"
 
 typedef enum { T_INT, T_NUM, T_BOOL, T_STR, T_ENUM, T_LAYERS, T_SEED } field_type;
 
@@ -30,6 +31,7 @@ static const char *const spread_names[] = {"one_layer", "all_layers", NULL};
 static const char *const topo_names[] = {"ring", "torus", "full", "random", NULL};
 static const char *const policy_names[] = {"replace_worst_if_better", "replace_worst", NULL};
 static const char *const mode_names[] = {"sync", "async", NULL};
+_Static_assert(RECON_MAX_INPUTS == 4096, "reconstruction.sweeps documents the limit");
 _Static_assert(QUANT_PER_TENSOR == 0 && QUANT_PER_CHANNEL == 1, "granularity_names order");
 
 #define F(k, t, member, d, lo, hi, open, names, doc) \
@@ -50,8 +52,8 @@ static const field fields[] = {
     F("reconstruction.sweeps", T_INT, reconstruction.sweeps, "0", 0, 10000, 0, NULL,
       "before the evolution, give each weighted layer in turn the codes (within "
       "evolution.max_shift of nearest) that best reproduce its float output on the fitness "
-      "images, by greedy sweeps over its weights, at most this many; 0 = off (start from "
-      "`start` as it is)"),
+      "images, by greedy sweeps over its weights, at most this many (layers with more than 4096 "
+      "inputs per output channel are kept); 0 = off (start from `start` as it is)"),
     F("data.train", T_STR, data.train, "\"fashion-mnist:train\"", 0, 0, 0, NULL,
       "dataset the fitness shards and the validation split are drawn from"),
     F("data.test", T_STR, data.test, "\"fashion-mnist:test\"", 0, 0, 0, NULL,

@@ -250,6 +250,8 @@ static void ctx_init(recon_ctx *x, net *nt, const quant *q, const evo_images *im
     for (int l = 0; l < quant_layer_count(q); l++) {
         const net_node *nd = net_node_at(nt, quant_layer_at(q, l)->node);
         size_t k = (size_t)row_length(nd);
+        if (k > RECON_MAX_INPUTS)
+            continue;
         size_t cols = nd->op == NET_LINEAR ? 1 : (size_t)nd->out.h * nd->out.w;
         size_t need = k * cols * (size_t)net_block_images(nt);
         col_floats = need > col_floats ? need : col_floats;
@@ -307,10 +309,12 @@ void recon_run(net *nt, const quant *q, int8_t *codes, const evo_images *im, int
         const net_node *nd = net_node_at(nt, ql->node);
         int k = row_length(nd);
         size_t kk = (size_t)k * k;
-        layer_grams(&x, ql->node, k, codes, sum);
-        layer_problem p = {k, x.g3, x.g3 + kk, x.g3 + 2 * kk, max_shift, max_sweeps};
-        recon_layer st = {.node = ql->node};
-        reconstruct_layer(q, ql, nd, &p, nearest, codes, &st);
+        recon_layer st = {.node = ql->node, .inputs = k, .skipped = k > RECON_MAX_INPUTS};
+        if (!st.skipped) {
+            layer_grams(&x, ql->node, k, codes, sum);
+            layer_problem p = {k, x.g3, x.g3 + kk, x.g3 + 2 * kk, max_shift, max_sweeps};
+            reconstruct_layer(q, ql, nd, &p, nearest, codes, &st);
+        }
         if (layers)
             layers[l] = st;
     }

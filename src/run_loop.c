@@ -138,8 +138,12 @@ static void print_header(run_state *s)
         for (int l = 0; l < quant_layer_count(s->q); l++) {
             const recon_layer *r = &s->recon[l];
             const char *name = net_node_at(s->nt, r->node)->name;
-            printf("    %-24s %.5f -> %.5f  (%zu codes moved, %d sweeps)\n", name,
-                   r->before, r->after, r->changed, r->sweeps);
+            if (r->skipped)
+                printf("    %-24s kept: %d inputs per channel, more than %d\n", name,
+                       r->inputs, RECON_MAX_INPUTS);
+            else
+                printf("    %-24s %.5f -> %.5f  (%zu codes moved, %d sweeps)\n", name,
+                       r->before, r->after, r->changed, r->sweeps);
         }
     }
     printf("\n%7s %11s %11s %11s %8s %9s %9s %9s %9s\n", "gen", "best fit", "mean fit",

@@ -157,9 +157,12 @@ static json_t *reconstruction_json(const run_state *s)
     json_t *layers = json_array();
     for (int l = 0; l < quant_layer_count(s->q); l++) {
         const recon_layer *r = &s->recon[l];
-        json_t *o = json_pack("{ss sf sf sI si}", "layer", net_node_at(s->nt, r->node)->name,
-                              "error_before", r->before, "error_after", r->after,
-                              "codes_moved", (json_int_t)r->changed, "sweeps", r->sweeps);
+        json_t *o = json_pack("{ss sb}", "layer", net_node_at(s->nt, r->node)->name,
+                              "skipped", r->skipped);
+        if (!r->skipped)
+            json_object_update_new(o, json_pack("{sf sf sI si}", "error_before", r->before,
+                                                "error_after", r->after, "codes_moved",
+                                                (json_int_t)r->changed, "sweeps", r->sweeps));
         json_array_append_new(layers, o);
     }
     return json_pack("{si sf so}", "max_sweeps", s->cfg.reconstruction.sweeps, "seconds",

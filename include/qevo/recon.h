@@ -24,11 +24,17 @@
 #include "qevo/net.h"
 #include "qevo/quant.h"
 
+/* Layers with more inputs per output channel than this keep their codes: their three
+ * K x K Grams (doubles) would take more than 384 MiB. */
+#define RECON_MAX_INPUTS 4096
+
 /* Adds v (count doubles) over all islands, in place, identically on every island. */
 typedef void (*recon_sum_fn)(double *v, size_t count);
 
 typedef struct {
     int node;             /* net node of the layer */
+    int inputs;           /* K: weights per output channel */
+    int skipped;          /* K > RECON_MAX_INPUTS: codes kept as they were */
     double before, after; /* relative output error ||Wq X~ - W X||^2 / ||W X||^2 */
     size_t changed;       /* codes moved by this stage */
     int sweeps;           /* sweeps run (the last one changed nothing, or max_sweeps) */

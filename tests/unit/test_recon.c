@@ -2,7 +2,7 @@
  * directly from forward passes; reconstructed codes stay in range and within max_shift;
  * the result is a local optimum (no single weight moved to another allowed state lowers
  * the layer's error); more images in one chunk or several gives the same codes; all of
- * this also for a transposed convolution. */
+ * this also for a transposed convolution; a layer with too many inputs is kept. */
 #define _POSIX_C_SOURCE 200809L
 #include "qevo/recon.h"
 
@@ -59,15 +59,29 @@ static void build_autoencoder(void)
     QV_ASSERT(mb_save(&mb, path, "reconstruct", 1, 8, 8) == 0);
 }
 
-static data_set *random_data(int n)
+/* conv(1->2, 3x3, padding 1), flatten, linear(2*64*33 -> 3): the linear layer has
+ * 4224 > RECON_MAX_INPUTS inputs. (1, 64, 33). */
+static void build_wide(void)
+{
+    model_builder mb;
+    mb_init(&mb, 33);
+    mb_tensor(&mb, "c.w", -0.5f, 0.5f, 4, 2, 1, 3, 3);
+    mb_tensor(&mb, "fc.w", -0.05f, 0.05f, 2, 3, 2 * 64 * 33);
+    mb_layer(&mb, "{\"name\":\"c\",\"op\":\"conv2d\",\"weight\":\"c.w\",\"padding\":1}");
+    mb_layer(&mb, "{\"name\":\"f\",\"op\":\"flatten\"}");
+    mb_layer(&mb, "{\"name\":\"fc\",\"op\":\"linear\",\"weight\":\"fc.w\"}");
+    QV_ASSERT(mb_save(&mb, path, "classify", 1, 64, 33) == 0);
+}
+
+static data_set *random_images(int n, int h, int w)
 {
     data_set *ds = qv_calloc(1, sizeof *ds);
-    ds->n = n, ds->c = 1, ds->h = 8, ds->w = 8, ds->classes = 5;
-    ds->pixels = qv_malloc((size_t)n * 64);
+    ds->n = n, ds->c = 1, ds->h = h, ds->w = w, ds->classes = 5;
+    ds->pixels = qv_malloc((size_t)n * h * w);
     ds->labels = qv_malloc(sizeof(int32_t) * (size_t)n);
     ds->name = qv_strdup("random");
     rng r = rng_stream(19, 0, 0, RNG_TEST);
-    for (int i = 0; i < n * 64; i++)
+    for (int i = 0; i < n * h * w; i++)
         ds->pixels[i] = (uint8_t)rng_below(&r, 256);
     for (int i = 0; i < n; i++)
         ds->labels[i] = (int32_t)rng_below(&r, 5);
@@ -134,7 +148,7 @@ static void test_model(const char *what, int images)
     QV_ASSERT(net_load(path, &nt, &err) == 0);
     quant_settings qs = {.bits = 3, .granularity = QUANT_PER_CHANNEL};
     quant *q = quant_create(nt, &qs);
-    data_set *ds = random_data(images);
+    data_set *ds = random_images(images, 8, 8);
     evo_images im;
     prepare(&im, ds, nt, q);
     size_t n = quant_size(q);
@@ -212,6 +226,34 @@ static void test_model(const char *what, int images)
     net_free(nt);
 }
 
+static void test_wide(void)
+{
+    build_wide();
+    net *nt;
+    qv_err err;
+    QV_ASSERT(net_load(path, &nt, &err) == 0);
+    quant_settings qs = {.bits = 3, .granularity = QUANT_PER_CHANNEL};
+    quant *q = quant_create(nt, &qs);
+    data_set *ds = random_images(4, 64, 33);
+    evo_images im;
+    prepare(&im, ds, nt, q);
+    size_t n = quant_size(q);
+    int8_t *nearest = qv_malloc(n), *codes = qv_malloc(n);
+    quant_nearest(q, nearest);
+    memcpy(codes, nearest, n);
+    recon_layer st[2];
+    recon_run(nt, q, codes, &im, 4, 1, 100, NULL, st);
+    const quant_layer *fc = quant_layer_at(q, 1);
+    CHECK(!st[0].skipped && st[0].inputs == 9);
+    CHECK(st[1].skipped && st[1].inputs == 2 * 64 * 33 && st[1].changed == 0);
+    CHECK(memcmp(codes + fc->woff, nearest + fc->woff, fc->wcount) == 0);
+    free(nearest), free(codes);
+    evo_images_free(&im);
+    data_free(ds);
+    quant_free(q);
+    net_free(nt);
+}
+
 int main(void)
 {
     strcpy(dir, "/tmp/qevo-test-recon-XXXXXX");
@@ -221,6 +263,7 @@ int main(void)
     test_model("classifier", 48);
     build_autoencoder();
     test_model("autoencoder", 16);
+    test_wide();
     unlink(path);
     rmdir(dir);
     TEST_END("test_recon");
