@@ -3,7 +3,6 @@
 #include <cblas.h>
 #include <float.h>
 #include <stdbool.h>
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -123,15 +122,24 @@ typedef struct {
     int max_shift, max_sweeps;
 } layer_problem;
 
-/* Greedy sweeps over one output channel's codes (k of them, from codes[0]); returns its
- * error before (*before) and after, and the sweeps run. Error of the row:
+/* One output channel's weights, gathered contiguous. */
+typedef struct {
+    float *w, *scale;
+    int8_t *qmax, *nearest, *codes;
+} row_view;
+
+/* Greedy sweeps over one output channel's codes (v->codes, k of them); returns its
+ * error after, and gives its error before, its ||W X||^2 (norm) and the sweeps run.
+ * Error of the row:
  *   L(wq) = wq.H.wq - 2 wq.C.w + w.F.w,   half-gradient g = H.wq - C.w,
  * so moving weight j by d changes L by d (2 g_j + d H_jj), and g by d H[j, :]. */
-static double reconstruct_row(const layer_problem *p, const float *w, const float *scale,
-                              const int8_t *qmax, const int8_t *nearest, int8_t *codes,
-                              double *work, double *before, double *scale_sq, int *sweeps)
+static double reconstruct_row(const layer_problem *p, const row_view *v, double *work,
+                              double *before, double *norm, int *sweeps)
 {
     int k = p->k;
+    const float *w = v->w, *scale = v->scale;
+    const int8_t *qmax = v->qmax, *nearest = v->nearest;
+    int8_t *codes = v->codes;
     double *wq = work, *wf = work + k, *g = work + 2 * k, *t = work + 3 * k;
     for (int j = 0; j < k; j++) {
         wq[j] = (double)codes[j] * scale[j];
@@ -144,7 +152,7 @@ static double reconstruct_row(const layer_problem *p, const float *w, const floa
     double loss = cblas_ddot(k, wq, 1, g, 1) - 2.0 * cblas_ddot(k, wq, 1, t, 1) + ff;
     cblas_daxpy(k, -1.0, t, 1, g, 1);
     *before = loss;
-    *scale_sq = ff;
+    *norm = ff;
     /* Moves smaller than this are rounding noise of the Grams: stop there. */
     double tiny = 1e-12 * (ff > DBL_MIN ? ff : DBL_MIN);
     int s = 0;
@@ -180,12 +188,6 @@ static double reconstruct_row(const layer_problem *p, const float *w, const floa
     return loss;
 }
 
-/* One output channel's weights, gathered contiguous. */
-typedef struct {
-    float *w, *scale;
-    int8_t *qmax, *nearest, *codes;
-} row_view;
-
 static void reconstruct_layer(const quant *q, const quant_layer *ql, const net_node *nd,
                               const layer_problem *p, const int8_t *nearest, int8_t *codes,
                               recon_layer *st)
@@ -207,8 +209,7 @@ static void reconstruct_layer(const quant *q, const quant_layer *ql, const net_n
         }
         double b, n;
         int sweeps;
-        after += reconstruct_row(p, v.w, v.scale, v.qmax, v.nearest, v.codes, work, &b, &n,
-                                 &sweeps);
+        after += reconstruct_row(p, &v, work, &b, &n, &sweeps);
         before += b;
         norm += n;
         st->sweeps = sweeps > st->sweeps ? sweeps : st->sweeps;
