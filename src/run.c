@@ -242,6 +242,12 @@ static int setup_model_and_data(run_state *s, qv_err *err)
     return load_start(s, err);
 }
 
+void run_describe_start(const run_state *s, char *buf, size_t cap)
+{
+    snprintf(buf, cap, "%s%s", s->cfg.start[0] ? s->cfg.start : "nearest",
+             s->recon ? " + reconstruction" : "");
+}
+
 static void sum_over_islands(double *v, size_t count)
 {
     QV_ASSERT(count <= INT_MAX);

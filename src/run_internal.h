@@ -107,6 +107,8 @@ void run_score_states(run_state *s, const evo_images *im, int8_t *const *codes, 
                       fit_totals *totals);
 /* The float model's totals on im, summed over ranks. */
 fit_totals run_score_float(run_state *s, const evo_images *im);
+/* "nearest", or the `start` file, plus " + reconstruction" when that stage ran. */
+void run_describe_start(const run_state *s, char *buf, size_t cap);
 /* Display of a score: "kl 0.1234 acc 0.9012" or "mse 0.0123 psnr 19.1". */
 void run_format_score(const run_state *s, const fit_totals *t, char *buf, size_t cap);
 

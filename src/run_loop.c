@@ -130,9 +130,11 @@ static void print_header(run_state *s)
                                                                                  : "random",
            evo_cache_slots(s->is), evo_cache_bytes(s->is) / 1048576.0);
     printf("  validation: float %s\n              nearest %s\n", fl, ne);
-    if (c->start[0] || s->recon)
-        printf("              start %s (%s%s)\n", st, c->start[0] ? c->start : "nearest",
-               s->recon ? " + reconstruction" : "");
+    if (c->start[0] || s->recon) {
+        char from[4096];
+        run_describe_start(s, from, sizeof from);
+        printf("              start %s (%s)\n", st, from);
+    }
     if (s->recon) {
         printf("  reconstruction (%.1f s), relative output error per layer:\n", s->t_recon);
         for (int l = 0; l < quant_layer_count(s->q); l++) {

@@ -216,8 +216,7 @@ int run_results(run_state *s)
     double total = qv_now() - s->t_start;
     const config *c = &s->cfg;
     char start_desc[4096];
-    snprintf(start_desc, sizeof start_desc, "%s%s", c->start[0] ? c->start : "nearest",
-             s->recon ? " + reconstruction" : "");
+    run_describe_start(s, start_desc, sizeof start_desc);
     json_t *result = json_pack(
         "{ss ss si ss s{sisssisi} s{sisisisi} si "
         "s{s{soso so so} s{soso so so}} s{soso} s{sisisf} so sI so so "
@@ -260,9 +259,9 @@ int run_results(run_state *s)
         run_format_score(s, &t[2], cc, sizeof cc);
         printf("\ntest (%d images, never used for any choice):\n  float    %s\n  nearest  %s\n"
                "  evolved  %s\n", (int)tf.images, a, b, cc);
-        if (c->start[0]) {
+        if (c->start[0] || s->recon) {
             run_format_score(s, &t[1], a, sizeof a);
-            printf("  start    %s\n", a);
+            printf("  start    %s (%s)\n", a, start_desc);
         }
         if (rc == 0)
             printf("wrote %s/{result.json,best.safetensors,log.jsonl}\n", c->output.dir);
