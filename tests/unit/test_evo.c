@@ -14,47 +14,6 @@
 
 static char dir[64], path[128];
 
-/* conv(1->6)+bn+relu, conv(6->8, stride 2)+relu, flatten, linear(8*4*4 -> 5). (1, 8, 8). */
-static void build_model(void)
-{
-    model_builder mb;
-    mb_init(&mb, 21);
-    mb_tensor(&mb, "c1.w", -0.6f, 0.6f, 4, 6, 1, 3, 3);
-    mb_tensor(&mb, "bn.g", 0.5f, 1.5f, 1, 6);
-    mb_tensor(&mb, "bn.b", -0.2f, 0.2f, 1, 6);
-    mb_tensor(&mb, "bn.m", -0.2f, 0.2f, 1, 6);
-    mb_tensor(&mb, "bn.v", 0.5f, 1.5f, 1, 6);
-    mb_tensor(&mb, "c2.w", -0.3f, 0.3f, 4, 8, 6, 3, 3);
-    mb_tensor(&mb, "c2.b", -0.1f, 0.1f, 1, 8);
-    mb_tensor(&mb, "fc.w", -0.2f, 0.2f, 2, 5, 128);
-    mb_tensor(&mb, "fc.b", -0.1f, 0.1f, 1, 5);
-    mb_layer(&mb, "{\"name\":\"c1\",\"op\":\"conv2d\",\"weight\":\"c1.w\",\"padding\":1}");
-    mb_layer(&mb, "{\"name\":\"bn\",\"op\":\"batchnorm\",\"weight\":\"bn.g\",\"bias\":\"bn.b\","
-                  "\"mean\":\"bn.m\",\"var\":\"bn.v\",\"eps\":1e-5}");
-    mb_layer(&mb, "{\"name\":\"r1\",\"op\":\"relu\"}");
-    mb_layer(&mb, "{\"name\":\"c2\",\"op\":\"conv2d\",\"weight\":\"c2.w\",\"bias\":\"c2.b\","
-                  "\"stride\":2,\"padding\":1}");
-    mb_layer(&mb, "{\"name\":\"r2\",\"op\":\"relu\"}");
-    mb_layer(&mb, "{\"name\":\"f\",\"op\":\"flatten\"}");
-    mb_layer(&mb, "{\"name\":\"fc\",\"op\":\"linear\",\"weight\":\"fc.w\",\"bias\":\"fc.b\"}");
-    QV_ASSERT(mb_save(&mb, path, "classify", 1, 8, 8) == 0);
-}
-
-static data_set *random_data(int n)
-{
-    data_set *ds = qv_calloc(1, sizeof *ds);
-    ds->n = n, ds->c = 1, ds->h = 8, ds->w = 8, ds->classes = 5;
-    ds->pixels = qv_malloc((size_t)n * 64);
-    ds->labels = qv_malloc(sizeof(int32_t) * (size_t)n);
-    ds->name = qv_strdup("random");
-    rng r = rng_stream(9, 0, 0, RNG_TEST);
-    for (int i = 0; i < n * 64; i++)
-        ds->pixels[i] = (uint8_t)rng_below(&r, 256);
-    for (int i = 0; i < n; i++)
-        ds->labels[i] = (int32_t)rng_below(&r, 5);
-    return ds;
-}
-
 static config base_config(void)
 {
     config c;
@@ -132,6 +91,16 @@ static void test_operators(const quant *q)
     evo_weights_free(&w);
 }
 
+/* Prepares images 0..count-1 of ds, one chunk. */
+static void prepare_first(evo_images *im, const data_set *ds, net *nt, const quant *q, int count)
+{
+    int *idx = qv_malloc(sizeof(int) * (size_t)count);
+    for (int i = 0; i < count; i++)
+        idx[i] = i;
+    evo_images_prepare(im, ds, idx, count, nt, q, count, 1.0);
+    free(idx);
+}
+
 /* After generations of incremental evaluation, every member's score equals a full pass. */
 static void test_island(net *nt, const quant *q, const data_set *ds, sel_kind sel, int cache_mb,
                         layer_choice layers)
@@ -144,11 +113,8 @@ static void test_island(net *nt, const quant *q, const data_set *ds, sel_kind se
     c.evolution.rate = 0.01;
     c.evolution.cache_mb = cache_mb;
     c.data.eval_batch = 64;
-    int idx[40];
-    for (int i = 0; i < 40; i++)
-        idx[i] = i;
     evo_images im;
-    evo_images_prepare(&im, ds, idx, 40, nt, q, 64, 1.0);
+    prepare_first(&im, ds, nt, q, 40);
     int8_t *start = qv_malloc(quant_size(q));
     quant_nearest(q, start);
     qv_err err;
@@ -214,11 +180,8 @@ static void test_island(net *nt, const quant *q, const data_set *ds, sel_kind se
  * whose costs are those of incremental evaluation) evolves the same states. */
 static void test_cache_neutral(net *nt, const quant *q, const data_set *ds)
 {
-    int idx[40];
-    for (int i = 0; i < 40; i++)
-        idx[i] = i;
     evo_images im;
-    evo_images_prepare(&im, ds, idx, 40, nt, q, 64, 1.0);
+    prepare_first(&im, ds, nt, q, 40);
     int8_t *start = qv_malloc(quant_size(q));
     quant_nearest(q, start);
     evo_island *is[2];
@@ -275,13 +238,13 @@ int main(void)
     strcpy(dir, "/tmp/qevo-test-evo-XXXXXX");
     QV_ASSERT(mkdtemp(dir));
     snprintf(path, sizeof path, "%s/m.safetensors", dir);
-    build_model();
+    mb_small_classifier(path, 21);
     net *nt;
     qv_err err;
     QV_ASSERT(net_load(path, &nt, &err) == 0);
     quant_settings qs = {.bits = 3, .granularity = QUANT_PER_CHANNEL};
     quant *q = quant_create(nt, &qs);
-    data_set *ds = random_data(64);
+    data_set *ds = mb_random_images(64, 8, 8, 9);
     test_operators(q);
     test_island(nt, q, ds, SEL_PLUS, 64, LAYERS_PROPORTIONAL);
     test_island(nt, q, ds, SEL_COMMA, 64, LAYERS_UNIFORM);

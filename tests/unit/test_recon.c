@@ -15,32 +15,6 @@
 
 static char dir[64], path[128];
 
-/* conv(1->6)+bn+relu, conv(6->8, stride 2)+relu, flatten, linear(8*4*4 -> 5). (1, 8, 8). */
-static void build_classifier(void)
-{
-    model_builder mb;
-    mb_init(&mb, 31);
-    mb_tensor(&mb, "c1.w", -0.6f, 0.6f, 4, 6, 1, 3, 3);
-    mb_tensor(&mb, "bn.g", 0.5f, 1.5f, 1, 6);
-    mb_tensor(&mb, "bn.b", -0.2f, 0.2f, 1, 6);
-    mb_tensor(&mb, "bn.m", -0.2f, 0.2f, 1, 6);
-    mb_tensor(&mb, "bn.v", 0.5f, 1.5f, 1, 6);
-    mb_tensor(&mb, "c2.w", -0.3f, 0.3f, 4, 8, 6, 3, 3);
-    mb_tensor(&mb, "c2.b", -0.1f, 0.1f, 1, 8);
-    mb_tensor(&mb, "fc.w", -0.2f, 0.2f, 2, 5, 128);
-    mb_tensor(&mb, "fc.b", -0.1f, 0.1f, 1, 5);
-    mb_layer(&mb, "{\"name\":\"c1\",\"op\":\"conv2d\",\"weight\":\"c1.w\",\"padding\":1}");
-    mb_layer(&mb, "{\"name\":\"bn\",\"op\":\"batchnorm\",\"weight\":\"bn.g\",\"bias\":\"bn.b\","
-                  "\"mean\":\"bn.m\",\"var\":\"bn.v\",\"eps\":1e-5}");
-    mb_layer(&mb, "{\"name\":\"r1\",\"op\":\"relu\"}");
-    mb_layer(&mb, "{\"name\":\"c2\",\"op\":\"conv2d\",\"weight\":\"c2.w\",\"bias\":\"c2.b\","
-                  "\"stride\":2,\"padding\":1}");
-    mb_layer(&mb, "{\"name\":\"r2\",\"op\":\"relu\"}");
-    mb_layer(&mb, "{\"name\":\"f\",\"op\":\"flatten\"}");
-    mb_layer(&mb, "{\"name\":\"fc\",\"op\":\"linear\",\"weight\":\"fc.w\",\"bias\":\"fc.b\"}");
-    QV_ASSERT(mb_save(&mb, path, "classify", 1, 8, 8) == 0);
-}
-
 /* conv(1->4, stride 2)+relu, convtranspose(4->1, stride 2)+sigmoid. (1, 8, 8). */
 static void build_autoencoder(void)
 {
@@ -71,21 +45,6 @@ static void build_wide(void)
     mb_layer(&mb, "{\"name\":\"f\",\"op\":\"flatten\"}");
     mb_layer(&mb, "{\"name\":\"fc\",\"op\":\"linear\",\"weight\":\"fc.w\"}");
     QV_ASSERT(mb_save(&mb, path, "classify", 1, 64, 33) == 0);
-}
-
-static data_set *random_images(int n, int h, int w)
-{
-    data_set *ds = qv_calloc(1, sizeof *ds);
-    ds->n = n, ds->c = 1, ds->h = h, ds->w = w, ds->classes = 5;
-    ds->pixels = qv_malloc((size_t)n * h * w);
-    ds->labels = qv_malloc(sizeof(int32_t) * (size_t)n);
-    ds->name = qv_strdup("random");
-    rng r = rng_stream(19, 0, 0, RNG_TEST);
-    for (int i = 0; i < n * h * w; i++)
-        ds->pixels[i] = (uint8_t)rng_below(&r, 256);
-    for (int i = 0; i < n; i++)
-        ds->labels[i] = (int32_t)rng_below(&r, 5);
-    return ds;
 }
 
 static void prepare(evo_images *im, const data_set *ds, net *nt, const quant *q)
@@ -148,7 +107,7 @@ static void test_model(const char *what, int images)
     QV_ASSERT(net_load(path, &nt, &err) == 0);
     quant_settings qs = {.bits = 3, .granularity = QUANT_PER_CHANNEL};
     quant *q = quant_create(nt, &qs);
-    data_set *ds = random_images(images, 8, 8);
+    data_set *ds = mb_random_images(images, 8, 8, 19);
     evo_images im;
     prepare(&im, ds, nt, q);
     size_t n = quant_size(q);
@@ -234,7 +193,7 @@ static void test_wide(void)
     QV_ASSERT(net_load(path, &nt, &err) == 0);
     quant_settings qs = {.bits = 3, .granularity = QUANT_PER_CHANNEL};
     quant *q = quant_create(nt, &qs);
-    data_set *ds = random_images(4, 64, 33);
+    data_set *ds = mb_random_images(4, 64, 33, 19);
     evo_images im;
     prepare(&im, ds, nt, q);
     size_t n = quant_size(q);
@@ -259,7 +218,7 @@ int main(void)
     strcpy(dir, "/tmp/qevo-test-recon-XXXXXX");
     QV_ASSERT(mkdtemp(dir));
     snprintf(path, sizeof path, "%s/m.safetensors", dir);
-    build_classifier();
+    mb_small_classifier(path, 31);
     test_model("classifier", 48);
     build_autoencoder();
     test_model("autoencoder", 16);
