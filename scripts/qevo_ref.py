@@ -143,30 +143,158 @@ def fold_model(graph, tensors):
 
 # ----------------------------------------------------------------- quantizer
 
-def quantize(weight, bits, per_channel, axis=0):
-    """Symmetric uniform quantization of a float32 weight (FORMAT.md).
+GRIDS = ("symmetric", "asymmetric")
+SCALE_SEARCHES = ("max", "mse")
+MSE_RATIOS = 100  # the mse search tries a_k = float32(100 - k) / float32(100), k = 0..99
 
-    qmax = 2^(bits-1) - 1; scale = max|W| / qmax per output channel (axis) or per
-    tensor, 1 where that is 0; code = clip(rint(W / scale), -qmax, qmax).
-    Returns (codes int8 shaped like weight, scales float32 of shape (C,) or (1,)).
+
+def check_options(grid, scales):
+    """Raises ValueError unless grid and scales name a FORMAT.md grid and scale search."""
+    if grid not in GRIDS:
+        raise ValueError(f"grid must be one of {', '.join(GRIDS)}; got {grid!r}")
+    if scales not in SCALE_SEARCHES:
+        raise ValueError(f"scales (the scale search) must be one of "
+                         f"{', '.join(SCALE_SEARCHES)}; got {scales!r}")
+
+
+def _check_bits(bits):
+    if not (isinstance(bits, (int, np.integer)) and not isinstance(bits, bool)
+            and 2 <= bits <= 8):
+        raise ValueError(f"bits must be an int in [2, 8], got {bits!r}")
+
+
+def zero_point_range(bits):
+    """(zmin, zmax) of the asymmetric grid: the zero points whose codes fit int8."""
+    levels = 2 ** int(bits) - 1
+    return max(0, levels - 127), min(levels, 128)
+
+
+def _groups(w, per_channel, axis):
+    """The weight as (groups, weights per group) in FORMAT.md's order: the output-channel
+    axis moved first, row-major; the flat weight per tensor."""
+    if per_channel:
+        return np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)
+    return w.reshape(1, -1)
+
+
+def _grid_at(a, wmin, wmax, amax, bits, grid):
+    """(scale float32, lo, hi) per group for clipping ratio a (float32), FORMAT.md.
+
+    wmin = min(min W, 0), wmax = max(max W, 0), amax = max|W| per group (float32 arrays).
+    lo and hi are float32 arrays of integers (so the clip below stays float32).
+    """
+    f32 = np.float32
+    if grid == "symmetric":
+        qmax = f32(2 ** (int(bits) - 1) - 1)
+        m = (a * amax).astype(f32)             # a * m rounded to float32 first
+        scale = (m / qmax).astype(f32)
+        scale[scale == 0] = f32(1)             # max|W| = 0, or max/qmax underflows
+        lo = np.full(scale.shape, -qmax, f32)
+        return scale, lo, -lo
+    levels = f32(2 ** int(bits) - 1)
+    zmin, zmax = (f32(v) for v in zero_point_range(bits))
+    mn = (a * wmin).astype(f32)
+    mx = (a * wmax).astype(f32)
+    scale = ((mx - mn).astype(f32) / levels).astype(f32)
+    zero = scale == 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        zf = np.rint((-mn / np.where(zero, f32(1), scale)).astype(f32))
+        z = np.minimum(np.maximum(zf, zmin), zmax).astype(f32)
+        clamped = (z != zf) & ~zero           # only at 8 bits, where zmin = zmax = 128
+        if clamped.any():
+            up = (mx / (levels - z).astype(f32)).astype(f32)
+            down = (-mn / z).astype(f32)
+            wide = np.where(up > down, up, down).astype(f32)
+            wide[wide == 0] = f32(1)
+            scale = np.where(clamped, wide, scale).astype(f32)
+    scale = np.where(zero, f32(1), scale).astype(f32)
+    z = np.where(zero, zmin, z).astype(f32)
+    return scale, -z, (levels - z).astype(f32)
+
+
+def _nearest(w, scale, lo, hi):
+    """clamp(rint(W / scale), lo, hi) in float32 (a true division), as float32 codes."""
+    return np.minimum(np.maximum(np.rint((w / scale).astype(np.float32)), lo), hi)
+
+
+def _group_errors(groups, scale, lo, hi):
+    """Squared error of each group, summed sequentially in float64 in the group's order
+    (np.cumsum, not np.sum, whose pairwise summation differs from qevo's loop)."""
+    codes = _nearest(groups, scale[:, None], lo[:, None], hi[:, None])
+    d = groups.astype(np.float64) - codes.astype(np.float64) * scale.astype(np.float64)[:, None]
+    return np.cumsum(d * d, axis=1)[:, -1]
+
+
+def group_grids(groups, bits, grid="symmetric", scales="max"):
+    """(scale float32, lo int, hi int), one per row of groups (G, n) float32 (each row a
+    group in FORMAT.md's weight order): the grid's scale and code range, with the
+    clipping ratio 1 (scales="max") or the first of the 100 ratios with the smallest
+    squared error (scales="mse")."""
+    _check_bits(bits)
+    check_options(grid, scales)
+    f32 = np.float32
+    g = np.asarray(groups, dtype=f32)
+    if g.ndim != 2 or g.shape[1] == 0:
+        raise ValueError(f"groups must be (G, n) with n >= 1, got shape {list(g.shape)}")
+    wmin, wmax = g.min(axis=1), g.max(axis=1)
+    wmin = np.where(wmin < 0, wmin, f32(0)).astype(f32)
+    wmax = np.where(wmax > 0, wmax, f32(0)).astype(f32)
+    amax = np.abs(g).max(axis=1)
+    best = _grid_at(f32(1), wmin, wmax, amax, bits, grid)
+    if scales == "mse":
+        best = [x.copy() for x in best]
+        err = _group_errors(g, *best)
+        for k in range(1, MSE_RATIOS):
+            a = f32(MSE_RATIOS - k) / f32(MSE_RATIOS)
+            cand = _grid_at(a, wmin, wmax, amax, bits, grid)
+            e = _group_errors(g, *cand)
+            better = e < err                   # strict: the first minimum is kept
+            if better.any():
+                err = np.where(better, e, err)
+                for b, c in zip(best, cand):
+                    b[better] = c[better]
+    scale, lo, hi = best
+    return scale.astype(f32), lo.astype(np.int64), hi.astype(np.int64)
+
+
+def quantize_grid(weight, bits, per_channel, axis=0, grid="symmetric", scales="max"):
+    """Uniform quantization of a float32 weight (FORMAT.md, "Quantization").
+
+    One group per output channel (axis) or per tensor. grid "symmetric": codes in
+    [-qmax, qmax], scale = a * max|W| / qmax; "asymmetric": all 2^bits codes
+    [-z, 2^bits - 1 - z] with a zero point z per group. scales "max": clipping ratio
+    a = 1; "mse": the ratio of 100 with the smallest squared error. Then
+    code = clip(rint(W / scale), lo, hi).
+    Returns (codes int8 shaped like weight, scales float32 (C,) or (1,),
+    code_min int8 (C,) or (1,): each group's lo, -qmax for every group when symmetric).
     """
     w = np.asarray(weight, dtype=np.float32)
-    if not (isinstance(bits, (int, np.integer)) and 2 <= bits <= 8):
-        raise ValueError(f"bits must be an int in [2, 8], got {bits!r}")
+    _check_bits(bits)
+    check_options(grid, scales)
     if not np.all(np.isfinite(w)):
         raise ValueError("weight has non-finite values")
-    qmax = np.float32(2 ** (int(bits) - 1) - 1)
-    a = np.abs(w)
+    if w.size == 0:
+        raise ValueError("weight is empty")
+    scale, lo, hi = group_grids(_groups(w, per_channel, axis), bits, grid, scales)
     if per_channel:
-        a = np.moveaxis(a, axis, 0).reshape(w.shape[axis], -1)
-        m = a.max(axis=1, initial=np.float32(0))
+        shape = _channel_shape(w.ndim, axis)
+        s, l, h = (x.reshape(shape) for x in (scale, lo.astype(np.float32),
+                                              hi.astype(np.float32)))
     else:
-        m = np.array([a.max(initial=np.float32(0))], dtype=np.float32)
-    scales = (m / qmax).astype(np.float32)
-    scales[scales == 0] = np.float32(1)  # max|W| = 0 (or so small that max/qmax underflows)
-    s = scales.reshape(_channel_shape(w.ndim, axis)) if per_channel else scales[0]
-    codes = np.clip(np.rint(w / s), -qmax, qmax).astype(np.int8)
-    return codes, scales
+        s, l, h = scale[0], np.float32(lo[0]), np.float32(hi[0])
+    codes = _nearest(w, s, l, h).astype(np.int8)
+    return codes, scale, lo.astype(np.int8)
+
+
+def quantize(weight, bits, per_channel, axis=0, grid="symmetric", scales="max"):
+    """quantize_grid without the code ranges: (codes int8, scales float32).
+
+    With the defaults this is qevo's original quantizer: qmax = 2^(bits-1) - 1;
+    scale = max|W| / qmax per output channel (axis) or per tensor, 1 where that is 0;
+    code = clip(rint(W / scale), -qmax, qmax).
+    """
+    codes, s, _ = quantize_grid(weight, bits, per_channel, axis, grid, scales)
+    return codes, s
 
 
 def dequantize(codes, scales, axis=0):
@@ -196,74 +324,85 @@ def _read(path):
     return qx.parse_graph(metadata), tensors, metadata
 
 
-def _quantize_folded(graph, tensors, bits, per_channel, first_bits, last_bits, layer_bits):
+def _quantize_folded(graph, tensors, bits, per_channel, first_bits, last_bits, layer_bits,
+                     grid, scales):
+    """{name: (codes, scales, dequantized, code_min)} of every quantized layer; bits."""
+    check_options(grid, scales)
     qlayers = [l for l in graph["layers"] if l["op"] in QUANTIZED_OPS]
     nbits = _layer_bits(qlayers, bits, first_bits, last_bits, layer_bits)
     result = {}
     for layer in qlayers:
         w = qx.layer_tensor(layer, "weight", tensors)
         axis = out_axis(layer["op"])
-        codes, scales = quantize(w, nbits[layer["name"]], per_channel, axis)
-        result[layer["name"]] = (codes, scales, dequantize(codes, scales, axis))
+        codes, s, code_min = quantize_grid(w, nbits[layer["name"]], per_channel, axis,
+                                           grid, scales)
+        result[layer["name"]] = (codes, s, dequantize(codes, s, axis), code_min)
     return result, nbits
 
 
 def quantize_model(path, bits, per_channel, first_bits=None, last_bits=None,
-                   layer_bits=None):
+                   layer_bits=None, grid="symmetric", scales="max"):
     """Folds and quantizes a model file.
 
     Returns {layer name: (codes int8, scales float32, dequantized weight float32)} for
     every conv2d / convtranspose2d / linear layer, in graph order. first_bits and
     last_bits override bits for the first and last of those layers (last wins when they
-    are the same layer); layer_bits {name: bits} overrides any layer.
+    are the same layer); layer_bits {name: bits} overrides any layer. grid and scales as
+    for quantize_grid (quantized_model also gives each group's code_min).
     """
     graph, tensors, _ = _read(path)
     graph, tensors = fold_model(graph, tensors)
-    return _quantize_folded(graph, tensors, bits, per_channel, first_bits, last_bits,
-                            layer_bits)[0]
+    result, _ = _quantize_folded(graph, tensors, bits, per_channel, first_bits, last_bits,
+                                 layer_bits, grid, scales)
+    return {name: r[:3] for name, r in result.items()}
 
 
 def quantized_model(path, bits, per_channel, first_bits=None, last_bits=None,
-                    layer_bits=None):
+                    layer_bits=None, grid="symmetric", scales="max"):
     """The quantized model as FORMAT.md says qevo writes it: (graph, tensors, quant).
 
     graph is the folded graph (explicit inputs); for each quantized layer L the tensors
-    are L.weight (dequantized), L.bias (folded bias, if any), L.codes and L.scales.
+    are L.weight (dequantized), L.bias (folded bias, if any), L.codes, L.scales and, with
+    the asymmetric grid, L.code_min (int8, each group's smallest code), which its
+    qevo.quant entry names as "code_min". quant holds "grid" and "scales".
     """
     graph, tensors, _ = _read(path)
     graph, tensors = fold_model(graph, tensors)
     result, nbits = _quantize_folded(graph, tensors, bits, per_channel, first_bits,
-                                     last_bits, layer_bits)
+                                     last_bits, layer_bits, grid, scales)
     out_tensors, layers, qlayers = {}, [], {}
     for layer in graph["layers"]:
         layer = dict(layer)
         name = layer["name"]
         if name in result:
-            codes, scales, deq = result[name]
+            codes, s, deq, code_min = result[name]
             bias = qx.layer_tensor(layer, "bias", tensors)
             layer["weight"], layer["bias"] = f"{name}.weight", None
             out_tensors[f"{name}.weight"] = deq
             if bias is not None:
                 layer["bias"] = f"{name}.bias"
                 out_tensors[f"{name}.bias"] = bias
-            out_tensors[f"{name}.codes"], out_tensors[f"{name}.scales"] = codes, scales
+            out_tensors[f"{name}.codes"], out_tensors[f"{name}.scales"] = codes, s
             qlayers[name] = {"bits": int(nbits[name]), "codes": f"{name}.codes",
                              "scales": f"{name}.scales"}
+            if grid == "asymmetric":
+                out_tensors[f"{name}.code_min"] = code_min
+                qlayers[name]["code_min"] = f"{name}.code_min"
         layers.append(layer)
     quant = {"version": 1, "granularity": "per_channel" if per_channel else "per_tensor",
-             "bits": int(bits), "layers": qlayers}
+             "grid": grid, "scales": scales, "bits": int(bits), "layers": qlayers}
     return dict(graph, layers=layers), out_tensors, quant
 
 
 def write_quantized(src, dst, bits, per_channel, first_bits=None, last_bits=None,
-                    layer_bits=None, description=None):
+                    layer_bits=None, description=None, grid="symmetric", scales="max"):
     """Writes the quantized model of src to dst in qevo's quantized-file layout."""
     graph, tensors, quant = quantized_model(src, bits, per_channel, first_bits, last_bits,
-                                            layer_bits)
+                                            layer_bits, grid, scales)
     _, metadata = qx.read_safetensors(src)
     if description is None:
         description = (f"{metadata.get('qevo.description') or src}; quantized by qevo_ref.py "
-                       f"({quant['granularity']}, {bits} bits)")
+                       f"({quant['granularity']}, {grid} grid, {scales} scales, {bits} bits)")
     qx.write_safetensors(dst, tensors, {
         "qevo.graph": json.dumps(qx.compact_graph(graph)),
         "qevo.quant": json.dumps(quant),
@@ -278,10 +417,10 @@ def build_folded_module(path):
 
 
 def build_quantized_module(path, bits, per_channel, first_bits=None, last_bits=None,
-                           layer_bits=None):
+                           layer_bits=None, grid="symmetric", scales="max"):
     """A torch module running the folded model with dequantized weights (for accuracy)."""
     graph, tensors, quant = quantized_model(path, bits, per_channel, first_bits, last_bits,
-                                            layer_bits)
+                                            layer_bits, grid, scales)
     _, metadata = qx.read_safetensors(path)
     metadata = dict(metadata, **{"qevo.quant": json.dumps(quant)})
     return qx.build_module(graph, tensors, metadata)
@@ -294,22 +433,53 @@ def _same(a, b):
     return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
 
 
-def _check_quant_layer(layer, entry, tensors, granularity):
+def _check_quant_layer(layer, entry, tensors, granularity, grid="symmetric"):
     """Problems with one quantized layer of a quantized file."""
     name, problems = layer["name"], []
     w = qx.layer_tensor(layer, "weight", tensors)
+    if not isinstance(entry, dict):
+        return [f"{name}: qevo.quant entry {entry!r} is not an object"]
     codes, scales = tensors.get(entry.get("codes")), tensors.get(entry.get("scales"))
     bits = entry.get("bits")
-    if codes is None or scales is None or not isinstance(bits, int) or not 2 <= bits <= 8:
+    if codes is None or scales is None or not isinstance(bits, int) or \
+            isinstance(bits, bool) or not 2 <= bits <= 8:
         return [f"{name}: qevo.quant entry {entry} is incomplete or names missing tensors"]
     axis = out_axis(layer["op"])
     channels = w.shape[axis] if granularity == "per_channel" else 1
-    qmax = 2 ** (bits - 1) - 1
+    levels = 2 ** bits - 1
+    if grid == "asymmetric":
+        code_min = tensors.get(entry.get("code_min"))
+        if code_min is None:
+            return [f"{name}: asymmetric grid but qevo.quant entry {entry} names no "
+                    f"code_min tensor in the file"]
+        if code_min.dtype != np.int8 or code_min.shape != (channels,):
+            return [f"{name}: code_min {code_min.dtype}{list(code_min.shape)}, expected "
+                    f"int8[{channels}]"]
+        lo = code_min.astype(np.int32)
+        zmin, zmax = zero_point_range(bits)
+        bad = (lo < -zmax) | (lo > -zmin)
+        if bad.any():
+            g = int(np.argmax(bad))
+            problems.append(f"{name}: code_min {int(lo[g])} of group {g} is not minus a "
+                            f"zero point in [{zmin}, {zmax}] for {bits} bits")
+    else:
+        if "code_min" in entry:
+            problems.append(f"{name}: qevo.quant entry names code_min {entry['code_min']!r} "
+                            f"but the grid is {grid}")
+        lo = np.full(channels, -(2 ** (bits - 1) - 1), np.int32)
+        levels -= 1  # [-qmax, qmax]
     if codes.dtype != np.int8 or codes.shape != w.shape:
         problems.append(f"{name}: codes {codes.dtype}{list(codes.shape)}, expected "
                         f"int8{list(w.shape)}")
-    elif np.abs(codes.astype(np.int32)).max(initial=0) > qmax:
-        problems.append(f"{name}: codes exceed qmax {qmax} for {bits} bits")
+    elif not problems:
+        c = _groups(codes.astype(np.int32), granularity == "per_channel", axis)
+        below, above = c < lo[:, None], c > (lo + levels)[:, None]
+        if below.any() or above.any():
+            g = int(np.argmax((below | above).any(axis=1)))
+            rng = (f"[{int(lo[g])}, {int(lo[g] + levels)}]" if grid == "asymmetric"
+                   else f"[-qmax, qmax] = [{int(lo[g])}, {int(lo[g] + levels)}]")
+            problems.append(f"{name}: codes of group {g} in [{int(c[g].min())}, "
+                            f"{int(c[g].max())}], outside its range {rng} for {bits} bits")
     if scales.dtype != np.float32 or scales.shape != (channels,):
         problems.append(f"{name}: scales {scales.dtype}{list(scales.shape)}, expected "
                         f"float32[{channels}]")
@@ -318,13 +488,21 @@ def _check_quant_layer(layer, entry, tensors, granularity):
     return problems
 
 
+def quant_options(quant):
+    """(grid, scales) of a parsed qevo.quant dict: "symmetric" / "max" when absent."""
+    return quant.get("grid", "symmetric"), quant.get("scales", "max")
+
+
 def check_quantized_file(path, float_path=None):
     """Checks a quantized model file (e.g. written by qevo's C side) against FORMAT.md.
 
     Returns a list of problems, empty when the file is consistent (weights exactly
-    codes * scales, codes within [-qmax, qmax], no batchnorm left) and, when float_path
-    is given, bit-identical to this reference quantizer applied to that float model with
-    the per-layer bits recorded in the file.
+    codes * scales; every code within its group's range, [-qmax, qmax] for the symmetric
+    grid, [code_min, code_min + 2^b - 1] for the asymmetric one; no batchnorm left) and,
+    when float_path is given, bit-identical (codes, scales, code_min, weights, biases) to
+    this reference quantizer applied to that float model with the grid, scale search and
+    per-layer bits recorded in the file (a file without "grid" / "scales" is symmetric /
+    max).
     """
     graph, tensors, metadata = _read(path)
     if "qevo.quant" not in metadata:
@@ -333,6 +511,12 @@ def check_quantized_file(path, float_path=None):
     granularity = quant.get("granularity")
     if granularity not in ("per_channel", "per_tensor"):
         return [f"{path}: unknown granularity {granularity!r}"]
+    grid, search = quant_options(quant)
+    if grid not in GRIDS:
+        return [f"{path}: unknown grid {grid!r} (expected one of {', '.join(GRIDS)})"]
+    if search not in SCALE_SEARCHES:
+        return [f"{path}: unknown scales {search!r} (expected one of "
+                f"{', '.join(SCALE_SEARCHES)})"]
     problems = [f"{l['name']}: batchnorm left in a quantized file"
                 for l in graph["layers"] if l["op"] == "batchnorm"]
     qlayers = [l for l in graph["layers"] if l["op"] in QUANTIZED_OPS]
@@ -341,21 +525,25 @@ def check_quantized_file(path, float_path=None):
         if layer["name"] not in entries:
             problems.append(f"{layer['name']}: not listed in qevo.quant")
             continue
-        problems += _check_quant_layer(layer, entries[layer["name"]], tensors, granularity)
+        problems += _check_quant_layer(layer, entries[layer["name"]], tensors, granularity,
+                                       grid)
     if float_path is not None and not problems:
-        problems += _compare_with_reference(graph, tensors, entries, granularity, float_path)
+        problems += _compare_with_reference(graph, tensors, entries, granularity, float_path,
+                                            grid, search)
     return problems
 
 
-def _compare_with_reference(graph, tensors, entries, granularity, float_path):
+def _compare_with_reference(graph, tensors, entries, granularity, float_path,
+                            grid="symmetric", scales="max"):
     bits = {name: e["bits"] for name, e in entries.items()}
     ref_graph, ref_tensors, _ = quantized_model(float_path, 8, granularity == "per_channel",
-                                                layer_bits=bits)
+                                                layer_bits=bits, grid=grid, scales=scales)
     problems = []
     ref_layers = {l["name"]: l for l in ref_graph["layers"]}
     if [l["name"] for l in graph["layers"]] != list(ref_layers):
         return [f"layer names/order differ from the reference: "
                 f"{[l['name'] for l in graph['layers']]} vs {list(ref_layers)}"]
+    keys = ("codes", "scales", "code_min") if grid == "asymmetric" else ("codes", "scales")
     for layer in graph["layers"]:
         ref = ref_layers[layer["name"]]
         for key in ("weight", "bias"):
@@ -365,10 +553,25 @@ def _compare_with_reference(graph, tensors, entries, granularity, float_path):
                 problems.append(f"{layer['name']}: {key} differs from the reference")
         if layer["name"] in entries:
             e = entries[layer["name"]]
-            for key in ("codes", "scales"):
-                if not _same(tensors[e[key]], ref_tensors[f"{layer['name']}.{key}"]):
-                    problems.append(f"{layer['name']}: {key} differ from the reference")
+            for key in keys:
+                got, want = tensors[e[key]], ref_tensors[f"{layer['name']}.{key}"]
+                if not _same(got, want):
+                    problems.append(f"{layer['name']}: {key} differ from the reference"
+                                    f"{_first_difference(got, want)}")
     return problems
+
+
+def _first_difference(got, want):
+    """': in N of M values; first at [i, ...]: file x, reference y' (bitwise), or ''."""
+    if got.shape != want.shape or got.dtype != want.dtype:
+        return f": file {got.dtype}{list(got.shape)}, reference {want.dtype}{list(want.shape)}"
+    bits = np.dtype(f"u{got.dtype.itemsize}")
+    diff = np.ascontiguousarray(got).view(bits) != np.ascontiguousarray(want).view(bits)
+    if not diff.any():
+        return ""
+    at = tuple(int(v) for v in np.argwhere(diff)[0])
+    return (f" in {int(diff.sum())} of {got.size} values; first at {list(at)}: file "
+            f"{got[at]!r}, reference {want[at]!r}")
 
 
 def main(argv=None):
@@ -381,6 +584,10 @@ def main(argv=None):
     q.add_argument("--per-tensor", action="store_true")
     q.add_argument("--first-bits", type=int)
     q.add_argument("--last-bits", type=int)
+    q.add_argument("--grid", choices=GRIDS, default="symmetric",
+                   help="code grid (default symmetric)")
+    q.add_argument("--scales", choices=SCALE_SEARCHES, default="max",
+                   help="scale search: max (clipping ratio 1, default) or mse")
     c = sub.add_parser("check", help="check a quantized file (against --float SRC)")
     c.add_argument("path")
     c.add_argument("--float", dest="float_path")
@@ -388,7 +595,8 @@ def main(argv=None):
     try:
         if args.cmd == "quantize":
             write_quantized(args.src, args.dst, args.bits, not args.per_tensor,
-                            args.first_bits, args.last_bits)
+                            args.first_bits, args.last_bits, grid=args.grid,
+                            scales=args.scales)
             return 0
         problems = check_quantized_file(args.path, args.float_path)
     except (OSError, ValueError) as e:

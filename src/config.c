@@ -24,6 +24,8 @@ typedef struct {
 } field;
 
 static const char *const granularity_names[] = {"per_tensor", "per_channel", NULL};
+static const char *const grid_names[] = {"symmetric", "asymmetric", NULL};
+static const char *const scale_names[] = {"max", "mse", NULL};
 static const char *const fit_names[] = {"kl", "cross_entropy", "accuracy", "mse", "psnr", NULL};
 static const char *const sel_names[] = {"plus", "comma", NULL};
 static const char *const step_names[] = {"flip", "pm1", "random", NULL};
@@ -33,6 +35,8 @@ static const char *const policy_names[] = {"replace_worst_if_better", "replace_w
 static const char *const mode_names[] = {"sync", "async", NULL};
 _Static_assert(RECON_MAX_INPUTS == 4096, "reconstruction.sweeps documents the limit");
 _Static_assert(QUANT_PER_TENSOR == 0 && QUANT_PER_CHANNEL == 1, "granularity_names order");
+_Static_assert(QUANT_SYMMETRIC == 0 && QUANT_ASYMMETRIC == 1, "grid_names order");
+_Static_assert(QUANT_SCALE_MAX == 0 && QUANT_SCALE_MSE == 1, "scale_names order");
 
 #define F(k, t, member, d, lo, hi, open, names, doc) \
     {k, t, offsetof(config, member), d, lo, hi, open, names, doc}
@@ -45,6 +49,12 @@ static const field fields[] = {
     F("quantizer.bits", T_INT, quantizer.bits, "3", 2, 8, 0, NULL, "bits per weight"),
     F("quantizer.granularity", T_ENUM, quantizer.granularity, "\"per_channel\"", 0, 0, 0,
       granularity_names, "one scale per output channel, or per layer"),
+    F("quantizer.grid", T_ENUM, quantizer.grid, "\"symmetric\"", 0, 0, 0, grid_names,
+      "symmetric = codes in [-qmax, qmax] (at 2 bits the ternary {-1, 0, 1} x scale); "
+      "asymmetric = all 2^bits states with a zero point per scale (docs/FORMAT.md)"),
+    F("quantizer.scales", T_ENUM, quantizer.scales, "\"max\"", 0, 0, 0, scale_names,
+      "max = each scale covers its weights' range; mse = the clipping ratio (of 1.00, 0.99, "
+      ".. 0.01) with the smallest squared weight error"),
     F("quantizer.first_bits", T_INT, quantizer.first_bits, "0", 0, 8, 0, NULL,
       "bits of the first conv/linear layer; 0 = quantizer.bits"),
     F("quantizer.last_bits", T_INT, quantizer.last_bits, "0", 0, 8, 0, NULL,

@@ -223,13 +223,13 @@ void evo_weights_init(evo_weights *w, const quant *q)
     w->nearest = qv_malloc(n ? n : 1);
     w->closeness = qv_malloc(sizeof(float) * (n ? n : 1));
     const float *ref = quant_reference(q), *scale = quant_scale_of(q);
-    const int8_t *qmax = quant_qmax_of(q);
+    const int8_t *lo = quant_lo_of(q), *hi = quant_hi_of(q);
     for (size_t i = 0; i < n; i++) {
         float r = ref[i] / scale[i];
         float f = floorf(r);
         w->ratio[i] = r;
-        w->lo[i] = (int8_t)fmaxf(-qmax[i], fminf(qmax[i], f));
-        w->nearest[i] = quant_nearest_code(ref[i], scale[i], qmax[i]);
+        w->lo[i] = (int8_t)fmaxf(lo[i], fminf(hi[i], f));
+        w->nearest[i] = quant_nearest_code(ref[i], scale[i], lo[i], hi[i]);
         w->closeness[i] = 1.0f - 2.0f * fabsf((r - f) - 0.5f);
     }
 }
@@ -244,16 +244,16 @@ void evo_weights_free(evo_weights *w)
 }
 
 /* A new code for weight i under the step kind, or the current one if it cannot move. */
-static int8_t step_code(const config *c, const evo_weights *w, int qmax, size_t i, int code,
-                        rng *r)
+static int8_t step_code(const config *c, const evo_weights *w, int cmin, int cmax, size_t i,
+                        int code, rng *r)
 {
     int near = w->nearest[i], shift = c->evolution.max_shift;
-    int lo = near - shift < -qmax ? -qmax : near - shift;
-    int hi = near + shift > qmax ? qmax : near + shift;
+    int lo = near - shift < cmin ? cmin : near - shift;
+    int hi = near + shift > cmax ? cmax : near + shift;
     int next = code;
     switch (c->evolution.step) {
     case STEP_FLIP: {
-        int down = w->lo[i], up = down + 1 > qmax ? qmax : down + 1;
+        int down = w->lo[i], up = down + 1 > cmax ? cmax : down + 1;
         next = code == down ? up : code == up ? down : (abs(code - down) < abs(code - up) ? down : up);
         break;
     }
@@ -318,12 +318,12 @@ size_t evo_mutate(const config *c, const quant *q, const evo_weights *w, double 
         want = (size_t)c->evolution.min_weights;
     if (want > end - begin)
         want = end - begin;
-    const int8_t *qmax = quant_qmax_of(q);
+    const int8_t *cmin = quant_lo_of(q), *cmax = quant_hi_of(q);
     size_t count = 0;
     /* Distinct weights; a few extra tries allow for weights that cannot move. */
     for (size_t tries = 0; count < want && tries < 4 * want + 16; tries++) {
         size_t i = pick_weight(w, c->evolution.boundary_bias, begin, end, r);
-        int8_t next = step_code(c, w, qmax[i], i, codes[i], r);
+        int8_t next = step_code(c, w, cmin[i], cmax[i], i, codes[i], r);
         if (next == codes[i])
             continue;
         bool seen = false;

@@ -125,7 +125,7 @@ typedef struct {
 /* One output channel's weights, gathered contiguous. */
 typedef struct {
     float *w, *scale;
-    int8_t *qmax, *nearest, *codes;
+    int8_t *lo, *hi, *nearest, *codes;
 } row_view;
 
 /* Greedy sweeps over one output channel's codes (v->codes, k of them); returns its
@@ -138,7 +138,7 @@ static double reconstruct_row(const layer_problem *p, const row_view *v, double 
 {
     int k = p->k;
     const float *w = v->w, *scale = v->scale;
-    const int8_t *qmax = v->qmax, *nearest = v->nearest;
+    const int8_t *cmin = v->lo, *cmax = v->hi, *nearest = v->nearest;
     int8_t *codes = v->codes;
     double *wq = work, *wf = work + k, *g = work + 2 * k, *t = work + 3 * k;
     for (int j = 0; j < k; j++) {
@@ -161,8 +161,8 @@ static double reconstruct_row(const layer_problem *p, const row_view *v, double 
         int moved = 0;
         for (int j = 0; j < k; j++) {
             int lo = nearest[j] - p->max_shift, hi = nearest[j] + p->max_shift;
-            lo = lo < -qmax[j] ? -qmax[j] : lo;
-            hi = hi > qmax[j] ? qmax[j] : hi;
+            lo = lo < cmin[j] ? cmin[j] : lo;
+            hi = hi > cmax[j] ? cmax[j] : hi;
             double hjj = p->h[(size_t)j * k + j], best = -tiny;
             int to = codes[j];
             for (int cand = lo; cand <= hi; cand++) {
@@ -196,14 +196,16 @@ static void reconstruct_layer(const quant *q, const quant_layer *ql, const net_n
     size_t rows = ql->wcount / (size_t)k;
     double *work = qv_malloc(sizeof(double) * 4 * (size_t)k);
     row_view v = {qv_malloc(sizeof(float) * (size_t)k), qv_malloc(sizeof(float) * (size_t)k),
-                  qv_malloc((size_t)k), qv_malloc((size_t)k), qv_malloc((size_t)k)};
+                  qv_malloc((size_t)k), qv_malloc((size_t)k), qv_malloc((size_t)k),
+                  qv_malloc((size_t)k)};
     double before = 0.0, after = 0.0, norm = 0.0;
     for (size_t r = 0; r < rows; r++) {
         for (int j = 0; j < k; j++) {
             size_t i = ql->woff + weight_at(nd, (int)r, j);
             v.w[j] = quant_reference(q)[i];
             v.scale[j] = quant_scale_of(q)[i];
-            v.qmax[j] = quant_qmax_of(q)[i];
+            v.lo[j] = quant_lo_of(q)[i];
+            v.hi[j] = quant_hi_of(q)[i];
             v.nearest[j] = nearest[i];
             v.codes[j] = codes[i];
         }
@@ -221,7 +223,7 @@ static void reconstruct_layer(const quant *q, const quant_layer *ql, const net_n
     }
     st->before = norm > 0.0 ? before / norm : 0.0;
     st->after = norm > 0.0 ? after / norm : 0.0;
-    free(v.w), free(v.scale), free(v.qmax), free(v.nearest), free(v.codes);
+    free(v.w), free(v.scale), free(v.lo), free(v.hi), free(v.nearest), free(v.codes);
     free(work);
 }
 

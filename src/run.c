@@ -227,8 +227,12 @@ void run_draw_batch(run_state *s, uint32_t draw, evo_images *im)
 static int setup_model_and_data(run_state *s, qv_err *err)
 {
     const config *c = &s->cfg;
-    quant_settings qs = {c->quantizer.bits, (quant_granularity)c->quantizer.granularity,
-                         c->quantizer.first_bits, c->quantizer.last_bits};
+    quant_settings qs = {.bits = c->quantizer.bits,
+                         .granularity = (quant_granularity)c->quantizer.granularity,
+                         .grid = (quant_grid)c->quantizer.grid,
+                         .scales = (quant_scale_search)c->quantizer.scales,
+                         .first_bits = c->quantizer.first_bits,
+                         .last_bits = c->quantizer.last_bits};
     if (net_load(c->model, &s->nt, err))
         return qv_wrap(err, "model");
     if (data_load(c->data.train, &s->train, err))

@@ -112,8 +112,11 @@ static void print_header(run_state *s)
     run_format_score(s, &s->float_val, fl, sizeof fl);
     run_format_score(s, &s->nearest_val, ne, sizeof ne);
     run_format_score(s, &s->start_val, st, sizeof st);
-    printf("qevo-island: %s (%zu weights), %d-bit %s", c->model, quant_size(s->q),
-           c->quantizer.bits, c->quantizer.granularity ? "per_channel" : "per_tensor");
+    printf("qevo-island: %s (%zu weights), %d-bit %s, %s grid, %s scales", c->model,
+           quant_size(s->q), c->quantizer.bits,
+           quant_granularity_name((quant_granularity)c->quantizer.granularity),
+           quant_grid_name((quant_grid)c->quantizer.grid),
+           quant_scale_search_name((quant_scale_search)c->quantizer.scales));
     if (c->quantizer.first_bits || c->quantizer.last_bits)
         printf(" (first %d, last %d bits)", c->quantizer.first_bits ? c->quantizer.first_bits
                                                                     : c->quantizer.bits,

@@ -218,13 +218,15 @@ int run_results(run_state *s)
     char start_desc[4096];
     run_describe_start(s, start_desc, sizeof start_desc);
     json_t *result = json_pack(
-        "{ss ss si ss s{sisssisi} s{sisisisi} si "
+        "{ss ss si ss s{sisssssssisi} s{sisisisi} si "
         "s{s{soso so so} s{soso so so}} s{soso} s{sisisf} so sI so so "
         "s{sfsfsfsfsfsfsf}}",
         "model", c->model, "start", start_desc, "ranks", s->nranks,
         "topology", config_topology_name(c->islands.topology),
         "quantizer", "bits", c->quantizer.bits, "granularity",
-        c->quantizer.granularity ? "per_channel" : "per_tensor", "first_bits",
+        c->quantizer.granularity ? "per_channel" : "per_tensor", "grid",
+        quant_grid_name((quant_grid)c->quantizer.grid), "scales",
+        quant_scale_search_name((quant_scale_search)c->quantizer.scales), "first_bits",
         c->quantizer.first_bits, "last_bits", c->quantizer.last_bits,
         "data", "fitness_images", c->data.fitness_size, "fitness_batch", s->batch.count,
         "validation_images", c->data.validation_size, "test_images", (int)tf.images,

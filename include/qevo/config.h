@@ -25,6 +25,8 @@ typedef struct {
     struct {
         int bits;
         int granularity; /* quant_granularity */
+        int grid;        /* quant_grid */
+        int scales;      /* quant_scale_search */
         int first_bits, last_bits;
     } quantizer;
     struct {

@@ -84,7 +84,7 @@ void evo_weights_free(evo_weights *w);
  * layers `layers` chosen with probabilities proportional to layer_weight (or over the
  * whole network with spread all_layers); writes the changed indices to changed
  * (capacity n) and returns their count (>= 1 unless no weight can move). Codes stay in
- * [-qmax, qmax] and within max_shift of nearest. */
+ * their code range and within max_shift of nearest. */
 size_t evo_mutate(const config *c, const quant *q, const evo_weights *w, double rate,
                   const int *layers, const double *layer_weight, int nlayers, int8_t *codes,
                   uint32_t *changed, rng *r);

@@ -33,6 +33,10 @@ static const char usage[] =
     "  --per-tensor       one scale per layer\n"
     "  --first-bits B     bits of the first conv/linear layer (e.g. 8)\n"
     "  --last-bits B      bits of the last conv/linear layer (e.g. 8)\n"
+    "  --grid G           symmetric (default: codes in [-qmax, qmax]) or asymmetric (all\n"
+    "                     2^B states, a zero point per channel)\n"
+    "  --scales S         max (default: the scale covers max|W|) or mse (the clipping\n"
+    "                     ratio with the smallest weight error)\n"
     "\n"
     "DATASET: fashion-mnist:test, fashion-mnist:train, an IDX images file, IMAGES,LABELS,\n"
     "cifar10:DIR:train|test, CIFAR-10 .bin files, or a folder of PNGs (one subfolder per\n"
@@ -101,6 +105,18 @@ static int parse_options(int argc, char **argv, options *o)
             continue;
         if (!strcmp(a, "--per-channel") || !strcmp(a, "--per-tensor")) {
             o->q.granularity = a[6] == 'c' ? QUANT_PER_CHANNEL : QUANT_PER_TENSOR;
+        } else if (!strcmp(a, "--grid") || !strcmp(a, "--scales")) {
+            bool grid = a[2] == 'g';
+            if (i + 1 >= argc)
+                return fail_usage("%s needs a value", a);
+            const char *v = argv[++i];
+            if (grid && (!strcmp(v, "symmetric") || !strcmp(v, "asymmetric")))
+                o->q.grid = v[0] == 'a' ? QUANT_ASYMMETRIC : QUANT_SYMMETRIC;
+            else if (!grid && (!strcmp(v, "max") || !strcmp(v, "mse")))
+                o->q.scales = v[1] == 's' ? QUANT_SCALE_MSE : QUANT_SCALE_MAX;
+            else
+                return fail_usage(grid ? "--grid must be symmetric or asymmetric, found '%s'"
+                                       : "--scales must be max or mse, found '%s'", v);
         } else if (!strcmp(a, "--json")) {
             o->json = true;
         } else if (!strcmp(a, "--data") || !strcmp(a, "--out") || !strcmp(a, "--dump-outputs")) {
@@ -127,7 +143,8 @@ static int parse_options(int argc, char **argv, options *o)
 
 static void print_settings(const quant_settings *s)
 {
-    printf("%d bits %s", s->bits, quant_granularity_name(s->granularity));
+    printf("%d bits %s, %s grid, %s scales", s->bits, quant_granularity_name(s->granularity),
+           quant_grid_name(s->grid), quant_scale_search_name(s->scales));
     if (s->first_bits)
         printf(", first layer %d bits", s->first_bits);
     if (s->last_bits)
@@ -190,9 +207,12 @@ static int cmd_eval(const options *o)
     double ips = count / secs;
     if (o->json) {
         printf("{\"model\": \"%s\", \"data\": \"%s\", \"images\": %d, \"bits\": %d, "
-               "\"granularity\": \"%s\", \"first_bits\": %d, \"last_bits\": %d, ",
+               "\"granularity\": \"%s\", \"grid\": \"%s\", \"scales\": \"%s\", "
+               "\"first_bits\": %d, \"last_bits\": %d, ",
                o->model, o->data, count, o->quantize ? o->q.bits : 0,
                o->quantize ? quant_granularity_name(o->q.granularity) : "none",
+               o->quantize ? quant_grid_name(o->q.grid) : "none",
+               o->quantize ? quant_scale_search_name(o->q.scales) : "none",
                o->q.first_bits, o->q.last_bits);
         if (classify)
             printf("\"accuracy\": %.6f, \"correct\": %.0f, \"cross_entropy\": %.6f, ",

@@ -33,7 +33,7 @@ static void test_operators(const quant *q)
     int layers[3] = {0, 1, 2};
     const double weights[3] = {1, 1, 1};
     rng r = rng_stream(4, 0, 0, RNG_TEST);
-    const int8_t *qmax = quant_qmax_of(q);
+    const int8_t *cmin = quant_lo_of(q), *cmax = quant_hi_of(q);
     for (int step = 0; step < 3; step++)
         for (int shift = 1; shift <= 2; shift++)
             for (int spread = 0; spread < 2; spread++) {
@@ -49,14 +49,14 @@ static void test_operators(const quant *q)
                     size_t k = evo_mutate(&c, q, &w, 0.02, layers, weights, 3, codes, changed, &r);
                     none += k == 0;
                     for (size_t i = 0; i < n; i++) {
-                        bad_range += codes[i] > qmax[i] || codes[i] < -qmax[i];
+                        bad_range += codes[i] > cmax[i] || codes[i] < cmin[i];
                         bad_shift += abs(codes[i] - w.nearest[i]) > shift;
                     }
                     for (size_t j = 0; j < k && step == STEP_FLIP; j++) {
                         size_t i = changed[j];
                         /* A flip lands on floor or ceil of w/s. */
                         flips_ok &= codes[i] == w.lo[i] || codes[i] == w.lo[i] + 1 ||
-                                    codes[i] == qmax[i] || codes[i] == -qmax[i];
+                                    codes[i] == cmax[i] || codes[i] == cmin[i];
                     }
                     size_t diff = evo_diff(before, codes, n, NULL);
                     CHECKF(diff == k, "step %d: %zu weights differ, %zu reported", step, diff, k);
@@ -72,7 +72,7 @@ static void test_operators(const quant *q)
     memcpy(a, w.nearest, n);
     memcpy(b, w.nearest, n);
     for (size_t i = 0; i < n; i += 7)
-        b[i] = (int8_t)(b[i] == qmax[i] ? b[i] - 1 : b[i] + 1);
+        b[i] = (int8_t)(b[i] == cmax[i] ? b[i] - 1 : b[i] + 1);
     size_t k = evo_crossover(a, b, n, codes, changed, &r);
     int outside = 0, wrong = 0;
     for (size_t i = 0; i < n; i++) {

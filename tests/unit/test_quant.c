@@ -39,14 +39,14 @@ static void build(void)
 
 static void test_rounding_rule(void)
 {
-    CHECK(quant_nearest_code(2.5f, 1.0f, 3) == 2);   /* tie to even */
-    CHECK(quant_nearest_code(3.5f, 1.0f, 7) == 4);
-    CHECK(quant_nearest_code(-2.5f, 1.0f, 3) == -2);
-    CHECK(quant_nearest_code(-0.5f, 1.0f, 3) == 0);
-    CHECK(quant_nearest_code(1.5f, 1.0f, 3) == 2);
-    CHECK(quant_nearest_code(9.0f, 1.0f, 3) == 3);   /* clamped */
-    CHECK(quant_nearest_code(-9.0f, 1.0f, 3) == -3);
-    CHECK(quant_nearest_code(0.26f, 0.1f, 127) == 3);
+    CHECK(quant_nearest_code(2.5f, 1.0f, -3, 3) == 2);   /* tie to even */
+    CHECK(quant_nearest_code(3.5f, 1.0f, -7, 7) == 4);
+    CHECK(quant_nearest_code(-2.5f, 1.0f, -3, 3) == -2);
+    CHECK(quant_nearest_code(-0.5f, 1.0f, -3, 3) == 0);
+    CHECK(quant_nearest_code(1.5f, 1.0f, -3, 3) == 2);
+    CHECK(quant_nearest_code(9.0f, 1.0f, -3, 3) == 3);   /* clamped */
+    CHECK(quant_nearest_code(-9.0f, 1.0f, -3, 3) == -3);
+    CHECK(quant_nearest_code(0.26f, 0.1f, -127, 127) == 3);
 }
 
 /* max |w| over the weights of channel c (or all, c < 0), computed independently. */
@@ -75,7 +75,9 @@ static void test_scales(net *nt, quant_granularity g)
     for (int k = 0; k < quant_layer_count(q); k++) {
         const quant_layer *ql = quant_layer_at(q, k);
         const net_node *nd = net_node_at(nt, ql->node);
-        CHECK(ql->qmax == 3 && ql->bits == 3);
+        CHECK(ql->bits == 3);
+        for (int c = 0; c < ql->channels; c++)
+            CHECK(ql->code_min[c] == -3 && ql->code_max[c] == 3);
         CHECK(ql->channels == (g == QUANT_PER_CHANNEL ? nd->out.c : 1));
         for (int c = 0; c < ql->channels; c++) {
             float m = channel_max(nd, ref + nd->woff, g == QUANT_PER_CHANNEL ? c : -1);
@@ -118,9 +120,9 @@ static void test_first_last_and_zero(net *nt)
         for (int k = 0; k < 4; k++)
             w[ci * 8 + 4 + k] = 0.0f; /* channel 1 of (3, 2, 2, 2) */
     quant *q = quant_create(nt, &s);
-    CHECK(quant_layer_at(q, 0)->bits == 8 && quant_layer_at(q, 0)->qmax == 127);
-    CHECK(quant_layer_at(q, 1)->bits == 2 && quant_layer_at(q, 1)->qmax == 1);
-    CHECK(quant_layer_at(q, 2)->bits == 6 && quant_layer_at(q, 2)->qmax == 31);
+    CHECK(quant_layer_at(q, 0)->bits == 8 && quant_layer_at(q, 0)->code_max[0] == 127);
+    CHECK(quant_layer_at(q, 1)->bits == 2 && quant_layer_at(q, 1)->code_max[0] == 1);
+    CHECK(quant_layer_at(q, 2)->bits == 6 && quant_layer_at(q, 2)->code_max[0] == 31);
     CHECK(quant_layer_at(q, 1)->scales[1] == 1.0f && quant_layer_at(q, 1)->scales[0] != 1.0f);
     int8_t *codes = qv_malloc(quant_size(q));
     quant_nearest(q, codes);
@@ -146,6 +148,89 @@ static void test_first_last_and_zero(net *nt)
     CHECK(quant_settings_check(&bad, &err) != 0 && strstr(err.msg, "[2, 8]"));
     bad = (quant_settings){.bits = 4, .first_bits = 1};
     CHECK(quant_settings_check(&bad, &err) != 0 && strstr(err.msg, "first-layer"));
+}
+
+/* Grids and scale searches on hand-made groups whose answers are worked out by hand. */
+static void test_group_grids(void)
+{
+    /* Asymmetric 2-bit: mn = -0.3, mx = 0.9, scale = 1.2 / 3, z = rint(0.75) = 1. */
+    const float a[4] = {-0.3f, 0.1f, 0.6f, 0.9f};
+    float s;
+    int lo, hi;
+    quant_group_grid(a, 4, 2, QUANT_ASYMMETRIC, QUANT_SCALE_MAX, &s, &lo, &hi);
+    CHECKF(s == (0.9f + 0.3f) / 3.0f && lo == -1 && hi == 2, "asymmetric: %g [%d, %d]", s, lo,
+           hi);
+    const int8_t want[4] = {-1, 0, 2, 2}; /* -0.75, 0.25, 1.5 (tie to even), 2.25 */
+    int wrong = 0;
+    for (int i = 0; i < 4; i++)
+        wrong += quant_nearest_code(a[i], s, lo, hi) != want[i];
+    CHECK(wrong == 0);
+    /* All non-negative: zero point 0, the range [0, 3]; at 8 bits the zero point is held
+     * at 128 (codes fit int8) and the scale widens to cover the max with code 127. */
+    const float pos[2] = {0.0f, 1.0f};
+    quant_group_grid(pos, 2, 2, QUANT_ASYMMETRIC, QUANT_SCALE_MAX, &s, &lo, &hi);
+    CHECK(lo == 0 && hi == 3 && s == 1.0f / 3.0f);
+    quant_group_grid(pos, 2, 8, QUANT_ASYMMETRIC, QUANT_SCALE_MAX, &s, &lo, &hi);
+    CHECKF(lo == -128 && hi == 127 && s == 1.0f / 127.0f, "8-bit: %g [%d, %d]", s, lo, hi);
+    CHECK(quant_nearest_code(1.0f, s, lo, hi) == 127);
+    /* An all-zero group: scale 1, zero in range. */
+    const float zero[3] = {0};
+    quant_group_grid(zero, 3, 3, QUANT_ASYMMETRIC, QUANT_SCALE_MSE, &s, &lo, &hi);
+    CHECK(s == 1.0f && lo <= 0 && hi >= 0 && hi - lo == 7);
+    /* MSE search: twenty weights of 1 and one of 3 at 2 bits symmetric. max|W| gives
+     * scale 3 and rounds every 1 to 0 (error 20); the best ratio near 0.37 gives a scale
+     * near 1.1 that keeps the ones (error under 4). */
+    float g[21];
+    for (int i = 0; i < 20; i++)
+        g[i] = 1.0f;
+    g[20] = 3.0f;
+    quant_group_grid(g, 21, 2, QUANT_SYMMETRIC, QUANT_SCALE_MAX, &s, &lo, &hi);
+    CHECK(s == 3.0f && lo == -1 && hi == 1);
+    quant_group_grid(g, 21, 2, QUANT_SYMMETRIC, QUANT_SCALE_MSE, &s, &lo, &hi);
+    CHECKF(s > 1.05f && s < 1.15f && lo == -1 && hi == 1, "mse scale %g", s);
+    CHECK(quant_nearest_code(1.0f, s, lo, hi) == 1 && quant_nearest_code(3.0f, s, lo, hi) == 1);
+}
+
+/* Every weight of an asymmetric quantizer lies in its channel's 2^b-state range, which
+ * holds 0, and survives save and load (code_min tensors, settings checked on load). */
+static void test_asymmetric_model(net *nt)
+{
+    quant_settings s = {.bits = 2, .granularity = QUANT_PER_CHANNEL, .grid = QUANT_ASYMMETRIC,
+                        .scales = QUANT_SCALE_MSE, .first_bits = 8};
+    quant *q = quant_create(nt, &s);
+    int bad = 0;
+    for (int k = 0; k < quant_layer_count(q); k++) {
+        const quant_layer *ql = quant_layer_at(q, k);
+        for (int c = 0; c < ql->channels; c++)
+            bad += ql->code_max[c] - ql->code_min[c] != (1 << ql->bits) - 1 ||
+                   ql->code_min[c] > 0 || ql->code_max[c] < 0;
+    }
+    CHECK(bad == 0);
+    int8_t *codes = qv_malloc(quant_size(q)), *back = qv_malloc(quant_size(q));
+    quant_nearest(q, codes);
+    int out = 0;
+    for (size_t i = 0; i < quant_size(q); i++)
+        out += codes[i] < quant_lo_of(q)[i] || codes[i] > quant_hi_of(q)[i];
+    CHECK(out == 0);
+    qv_err err;
+    CHECKF(quant_save(q, nt, codes, qpath, "test", &err) == 0, "save: %s", err.msg);
+    CHECKF(quant_load_codes(q, nt, qpath, back, &err) == 0, "load: %s", err.msg);
+    CHECK(memcmp(codes, back, quant_size(q)) == 0);
+    /* The same file under another grid or scale search is refused by name. */
+    quant_settings other = s;
+    other.grid = QUANT_SYMMETRIC;
+    other.scales = QUANT_SCALE_MAX;
+    quant *q2 = quant_create(nt, &other);
+    CHECK(quant_load_codes(q2, nt, qpath, back, &err) != 0 && strstr(err.msg, "grid") &&
+          strstr(err.msg, "asymmetric"));
+    quant_free(q2);
+    other = s;
+    other.scales = QUANT_SCALE_MAX;
+    q2 = quant_create(nt, &other);
+    CHECK(quant_load_codes(q2, nt, qpath, back, &err) != 0 && strstr(err.msg, "scales"));
+    quant_free(q2);
+    free(codes), free(back);
+    quant_free(q);
 }
 
 /* A written quantized model loads as a plain model whose weights are code * scale, with
@@ -215,6 +300,8 @@ int main(void)
     test_scales(nt, QUANT_PER_TENSOR);
     test_first_last_and_zero(nt);
     test_save(nt);
+    test_group_grids();
+    test_asymmetric_model(nt);
     net_free(nt);
     unlink(path);
     unlink(qpath);

@@ -122,7 +122,8 @@ static void test_model(const char *what, int images)
         int bad = 0;
         size_t moved = 0;
         for (size_t i = 0; i < n; i++) {
-            bad += abs(codes[i] - nearest[i]) > shift || abs(codes[i]) > quant_qmax_of(q)[i];
+            bad += abs(codes[i] - nearest[i]) > shift || codes[i] > quant_hi_of(q)[i] ||
+                   codes[i] < quant_lo_of(q)[i];
             moved += codes[i] != nearest[i];
         }
         CHECKF(bad == 0, "%s, max_shift %d: %d codes out of range or too far from nearest",
@@ -156,7 +157,7 @@ static void test_model(const char *what, int images)
             for (size_t j = 0; j < ql->wcount; j++) {
                 size_t i = ql->woff + j;
                 for (int c = nearest[i] - shift; c <= nearest[i] + shift; c++) {
-                    if (c == codes[i] || abs(c) > quant_qmax_of(q)[i])
+                    if (c == codes[i] || c > quant_hi_of(q)[i] || c < quant_lo_of(q)[i])
                         continue;
                     trial[j] = (int8_t)c;
                     better += relative_error(nt, q, l, aq, af, trial, im.count) <
