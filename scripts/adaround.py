@@ -4,21 +4,26 @@ Quantization") on qevo's quantizer: a gradient-based reference to compare qevo w
 
     /usr/bin/python3 scripts/adaround.py --model FLOAT.safetensors --bits 3 \\
         [--per-tensor] [--first-bits 8] [--last-bits 8] \\
+        [--grid symmetric|asymmetric] [--scales max|mse] \\
         (--calibration SPLITS.json | --calibration-size N [--seed S]) \\
         [--data fashion-mnist:train] [--iterations 2000] [--batch 32] \\
         [--reg-weight 0.01] [--beta-start 20] [--beta-end 2] [--warmup 0.2] \\
         [--lr 1e-3] [--threads 2] --out ADAROUND.safetensors
 
 The quantizer is exactly qevo's (docs/FORMAT.md, as implemented by qevo_ref.py): the same
-batch-norm folding, the same per-channel / per-tensor scales and the same first/last
-layer bits. AdaRound keeps the scales and learns, per weight, whether to round down or
-up: code = clip(floor(W/s) + h, -qmax, qmax), h in {0, 1}. A weight whose W/s is an
-exact integer has no up/down choice (floor = ceil) and keeps h = 0.
+batch-norm folding, the same per-channel / per-tensor scales, grid (--grid: symmetric,
+codes in [-qmax, qmax], or asymmetric, all 2^b codes [lo, lo + 2^b - 1] with a zero point
+per group), scale search (--scales: max or mse) and first/last layer bits. AdaRound keeps
+the scales and code ranges and learns, per weight, whether to round down or up:
+code = clip(floor(W/s) + h, lo, hi), h in {0, 1}, with [lo, hi] the weight's group's
+range ([-qmax, qmax] on the symmetric grid). A weight whose W/s is an exact integer has
+no up/down choice (floor = ceil) and keeps h = 0.
 
-Per quantized layer, in graph order (the paper's sequential, asymmetric variant):
+Per quantized layer, in graph order (the paper's sequential variant with asymmetric
+reconstruction, quantized input x~ against the float target; unrelated to --grid):
 
     h(V)  = clip(sigmoid(V) * (zeta - gamma) + gamma, 0, 1),  zeta = 1.1, gamma = -0.1
-    W~    = s * clip(floor(W/s) + h(V), -qmax, qmax)
+    W~    = s * clip(floor(W/s) + h(V), lo, hi)
     loss  = || f_a(W x) - f_a(W~ x~) ||^2 + reg_weight * sum(1 - |2 h(V) - 1|^beta)
 
 x is the layer's input in the float model, x~ its input in the quantized model (earlier
@@ -41,7 +46,9 @@ uses the first N of numpy.random.default_rng(seed).permutation(train size): NOT 
 images as a qevo run. Only the training split is read; the test split never is.
 
 Writes a quantized model file exactly as qevo does (FORMAT.md): folded graph,
-L.weight = codes * scales, L.bias, L.scales, L.codes, qevo.quant, qevo.description.
+L.weight = codes * scales, L.bias, L.scales, L.codes, L.code_min (asymmetric grid only),
+qevo.quant (with its grid and scales), qevo.description. qevo-island takes it as a
+`start` with the same quantizer settings.
 """
 import argparse
 import json
@@ -79,6 +86,12 @@ def parse_args(argv=None):
                     help="one scale per layer (default: per output channel)")
     ap.add_argument("--first-bits", type=int, help="bits of the first conv/linear layer")
     ap.add_argument("--last-bits", type=int, help="bits of the last conv/linear layer")
+    ap.add_argument("--grid", choices=qr.GRIDS, default="symmetric",
+                    help="code grid: symmetric (default, codes in [-qmax, qmax]) or "
+                         "asymmetric (all 2^b codes, a zero point per group)")
+    ap.add_argument("--scales", choices=qr.SCALE_SEARCHES, default="max",
+                    help="scale search: max (default, clipping ratio 1) or mse (the "
+                         "clipping ratio of 100 with the smallest weight error)")
     cal = ap.add_mutually_exclusive_group(required=True)
     cal.add_argument("--calibration", metavar="SPLITS.json",
                      help="qevo-island's splits file: the union of its fitness lists")
@@ -315,18 +328,31 @@ def fill_caches(float_module, quant_module, index, layer, x_all, w_float, bias, 
     return xq, target
 
 
-def adaround_layer(layer, w, scales, bits, xq, target, bias, act, args, seed):
-    """Learns the rounding of one layer; returns (codes int8, final loss parts)."""
+def per_weight(values, shape, axis):
+    """A per-group array ((C,) or (1,)) broadcast to the weight's shape along axis."""
+    v = values.reshape(qr._channel_shape(len(shape), axis)) if values.shape != (1,) \
+        else values.reshape(())
+    return np.ascontiguousarray(np.broadcast_to(v, shape))
+
+
+def adaround_layer(layer, w, scales, code_min, bits, grid, xq, target, bias, act, args,
+                   seed):
+    """Learns the rounding of one layer; returns (codes int8, final loss parts).
+
+    code_min: each group's smallest code lo ((C,) or (1,)); its range is [lo, hi] with
+    hi = lo + 2^bits - 1 on the asymmetric grid, hi = -lo = qmax on the symmetric one."""
     axis = qr.out_axis(layer["op"])
-    s_np = scales.reshape(qr._channel_shape(w.ndim, axis)) if scales.shape != (1,) \
-        else scales[0]
+    s_np = per_weight(scales, w.shape, axis)
     ws = (w / s_np).astype(np.float32)  # the same float32 division as qr.quantize
     floor = np.floor(ws)
     rest = ws - floor
     choice = rest > 0  # an exact integer has no up/down choice
-    qmax = float(2 ** (bits - 1) - 1)
+    width = 2 ** bits - 1 if grid == "asymmetric" else 2 ** bits - 2
+    lo = per_weight(code_min.astype(np.float32), w.shape, axis)
+    hi = lo + np.float32(width)
 
-    s_t = torch.from_numpy(np.ascontiguousarray(np.broadcast_to(s_np, w.shape)))
+    s_t = torch.from_numpy(s_np)
+    lo_t, hi_t = torch.from_numpy(lo), torch.from_numpy(hi)
     floor_t = torch.from_numpy(floor)
     mask_t = torch.from_numpy(choice.astype(np.float32))
     v = torch.nn.Parameter(torch.from_numpy(
@@ -339,7 +365,7 @@ def adaround_layer(layer, w, scales, bits, xq, target, bias, act, args, seed):
     for t in range(args.iterations):
         idx = torch.randperm(n, generator=gen)[:batch]
         h = rectified_sigmoid(v) * mask_t
-        w_soft = s_t * torch.clamp(floor_t + h, -qmax, qmax)
+        w_soft = s_t * torch.minimum(torch.maximum(floor_t + h, lo_t), hi_t)
         y = run_layer(layer, xq[idx], w_soft, bias, act)
         rec = rec_loss(y, target[idx], args.rec_loss)
         beta = beta_at(t, args)
@@ -357,7 +383,7 @@ def adaround_layer(layer, w, scales, bits, xq, target, bias, act, args, seed):
         undecided = ((h_soft > 0) & (h_soft < 1)).float().sum().item() / max(
             choice.sum(), 1)
     up = (v.detach().numpy() >= 0) & choice  # h(V) >= 0.5
-    codes = np.clip(floor + up, -qmax, qmax).astype(np.int8)
+    codes = np.clip(floor + up, lo, hi).astype(np.int8)
     return codes, {"rec": rec.item(), "reg": reg.item(), "undecided": undecided}
 
 
@@ -389,7 +415,8 @@ def write_output(path, graph, tensors, quant, args, description):
     """A quantized file laid out as qevo's quant_save writes it (floats first, codes last)."""
     floats = {k: v for k, v in tensors.items() if v.dtype == np.float32}
     codes = {k: v for k, v in tensors.items() if v.dtype != np.float32}
-    meta = {"version": 1, "granularity": quant["granularity"], "bits": quant["bits"],
+    meta = {"version": 1, "granularity": quant["granularity"], "grid": quant["grid"],
+            "scales": quant["scales"], "bits": quant["bits"],
             "first_bits": args.first_bits or 0, "last_bits": args.last_bits or 0,
             "layers": quant["layers"]}
     qx.write_safetensors(path, dict(floats, **codes), {
@@ -409,7 +436,8 @@ def run(argv=None):
     float_graph, float_tensors = qr.fold_model(qx.parse_graph(metadata), src_tensors)
     float_module = qx.build_module(float_graph, float_tensors, metadata)
     qgraph, qtensors, quant = qr.quantized_model(args.model, args.bits, per_channel,
-                                                 args.first_bits, args.last_bits)
+                                                 args.first_bits, args.last_bits,
+                                                 grid=args.grid, scales=args.scales)
     quant_module = qx.build_module(qgraph, qtensors)
     nearest_module = qx.build_module(qgraph, qtensors)
     mean, std = float_module.mean, float_module.std
@@ -420,7 +448,8 @@ def run(argv=None):
                             f"{args.model} expects {float_module.input_shape}")
     x_all = normalise(images, mean, std)
     print(f"adaround: {args.model}, {args.bits} bits "
-          f"{'per channel' if per_channel else 'per tensor'}"
+          f"{'per channel' if per_channel else 'per tensor'}, {args.grid} grid, "
+          f"{args.scales} scales"
           f"{f', first {args.first_bits}' if args.first_bits else ''}"
           f"{f', last {args.last_bits}' if args.last_bits else ''}; calibration: "
           f"{cal_desc}; {args.iterations} iterations of batch {args.batch} per layer",
@@ -444,11 +473,14 @@ def run(argv=None):
         axis = qr.out_axis(layer["op"])
         scales = qtensors[f"{name}.scales"]
         nearest = qtensors[f"{name}.codes"]
+        qmax = 2 ** (bits - 1) - 1
+        code_min = qtensors.get(f"{name}.code_min",
+                                np.full(scales.shape, -qmax, dtype=np.int8))
         act = activation_after(qgraph, name)
         xq, target = fill_caches(float_module, quant_module, index, layer, x_all,
                                  torch.from_numpy(w.copy()), bias, act)
-        codes, parts = adaround_layer(layer, w, scales, bits, xq, target, bias, act, args,
-                                      args.seed * 1000003 + index)
+        codes, parts = adaround_layer(layer, w, scales, code_min, bits, args.grid, xq,
+                                      target, bias, act, args, args.seed * 1000003 + index)
         w_near = qr.dequantize(nearest, scales, axis)
         w_ada = qr.dequantize(codes, scales, axis)
         mse_near = full_mse(layer, xq, target, torch.from_numpy(w_near), bias, act)

@@ -7,8 +7,10 @@ qevo started from AdaRound's codes, with the wall time of each method.
         [--from-adaround-seconds 150] [--set KEY=VALUE ...] [--out runs/compare-vgg]
 
 1. `mpirun -n RANKS qevo-island CONFIG` (its stop rule as configured), into OUT/qevo;
-2. scripts/adaround.py with the config's quantizer on the union of the fitness shards of
-   that run (OUT/qevo/splits.json), i.e. exactly the images qevo's islands scored on;
+2. scripts/adaround.py with the config's quantizer (bits, first/last bits, granularity,
+   grid and scale search, as resolved in OUT/qevo/config.json with the --set overrides) on
+   the union of the fitness shards of that run (OUT/qevo/splits.json), i.e. exactly the
+   images qevo's islands scored on;
 3. `qevo-island CONFIG --set start=<AdaRound model>` into OUT/qevo-from-adaround, for
    --from-adaround-seconds of wall time (0 = the config's stop rule);
 4. `qevo eval` of AdaRound's model on the test split; the other figures come from the
@@ -82,6 +84,8 @@ def main():
            "--threads", str(os.cpu_count()), "--out", ada_model]
     if q["granularity"] == "per_tensor":
         ada.append("--per-tensor")
+    # the grid and scale search (absent from a config.json older than them: the defaults)
+    ada += ["--grid", q.get("grid", "symmetric"), "--scales", q.get("scales", "max")]
     for key in ("first_bits", "last_bits"):
         if q[key]:
             ada += [f"--{key.replace('_', '-')}", str(q[key])]

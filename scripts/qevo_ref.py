@@ -2,19 +2,29 @@
 """Reference batch-norm folding and weight quantizer for qevo, independent of the C code.
 
 Everything is computed with numpy float32 arithmetic, one IEEE float32 operation at a
-time in the order docs/FORMAT.md gives, so results are bit-exact references for qevo:
+time in the order docs/FORMAT.md gives, so results are bit-exact references for qevo.
+Every quantizer takes grid ("symmetric": codes in [-qmax, qmax], the default; or
+"asymmetric": all 2^bits codes [lo, lo + 2^bits - 1] with a zero point -lo per group)
+and scales (the scale search: "max", clipping ratio 1, the default; or "mse", the first
+of the ratios 1.00 .. 0.01 with the smallest squared weight error, summed sequentially in
+float64). A group is an output channel (per channel) or the whole weight (per tensor).
 
     fold_graph(graph, tensors)           -> (folded layers, tensors)
-    quantize(weight, bits, per_channel, axis) -> (codes int8, scales float32)
-    quantize_model(path, bits, per_channel, first_bits, last_bits)
+    quantize_grid(weight, bits, per_channel, axis, grid, scales)
+                                         -> (codes int8, scales float32, code_min int8)
+    quantize(weight, bits, per_channel, axis, grid, scales) -> (codes, scales)
+    quantize_model(path, bits, per_channel, first_bits, last_bits, grid=, scales=)
                                          -> {layer: (codes, scales, dequantized)}
     quantized_model(path, ...)           -> (graph, tensors, quant) as qevo writes them
+                                            (L.code_min tensors with the asymmetric grid)
     write_quantized(src, dst, ...)       writes that quantized model file
     build_quantized_module(path, ...)    -> torch module with the dequantized weights
-    check_quantized_file(path, float_path=None) -> list of problems (empty when exact)
+    check_quantized_file(path, float_path=None) -> list of problems (empty when exact);
+                                            grid and scales are read from the file
 
 Command line:
     qevo_ref.py quantize SRC DST --bits 4 [--per-tensor] [--first-bits 8] [--last-bits 8]
+                [--grid symmetric|asymmetric] [--scales max|mse]
     qevo_ref.py check QUANTIZED [--float SRC]
 """
 import argparse

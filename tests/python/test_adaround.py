@@ -7,8 +7,9 @@ Small randomly initialised networks (random batch-norm statistics, so folding is
 exercised) exported to a temporary folder, a few hundred Fashion-MNIST training images
 and few iterations. Checks that the output is a consistent qevo quantized file, that
 AdaRound only chooses between floor and ceil of W/s, that it lowers the per-layer
-reconstruction error, that first/last bits are honoured and that the calibration images
-are exactly those of a SPLITS.json file (or of --calibration-size with a seed).
+reconstruction error, that first/last bits are honoured, that the asymmetric grid and mse
+scales keep every code in its group's range, and that the calibration images are exactly
+those of a SPLITS.json file (or of --calibration-size with a seed).
 The last line is "test_adaround: N passed, M failed"; the exit status is non-zero on failure.
 """
 import contextlib
@@ -142,9 +143,20 @@ def run_ae():
                       "--calibration-size", "160", "--seed", "3", "--iterations", "300"])
 
 
-def check_codes(model, out, bits, per_channel, first_bits=None, last_bits=None):
-    """Codes in range, within one of nearest, and only floor(W/s) or ceil(W/s)."""
-    ref = qr.quantize_model(model, bits, per_channel, first_bits, last_bits)
+def run_asym():
+    return run("asym", ["--model", exported("small"), "--bits", "2", "--first-bits", "8",
+                        "--grid", "asymmetric", "--scales", "mse", "--calibration-size", "64",
+                        "--iterations", "20", "--batch", "16"])
+
+
+def check_codes(model, out, bits, per_channel, first_bits=None, last_bits=None,
+                grid="symmetric", scales="max"):
+    """Codes in their group's range, within one of nearest, and only floor(W/s) or
+    ceil(W/s) (each clipped to the range); scales and code_min those of the reference."""
+    ref = qr.quantize_model(model, bits, per_channel, first_bits, last_bits, grid=grid,
+                            scales=scales)
+    _, ref_tensors, _ = qr.quantized_model(model, bits, per_channel, first_bits, last_bits,
+                                           grid=grid, scales=scales)
     tensors, meta = qx.read_safetensors(out)
     quant = json.loads(meta["qevo.quant"])
     graph = qx.parse_graph(meta)
@@ -155,18 +167,29 @@ def check_codes(model, out, bits, per_channel, first_bits=None, last_bits=None):
     assert list(quant["layers"]) == list(ref), (list(quant["layers"]), list(ref))
     for name, (near, scales, _) in ref.items():
         codes = tensors[quant["layers"][name]["codes"]]
-        qmax = 2 ** (quant["layers"][name]["bits"] - 1) - 1
+        b = quant["layers"][name]["bits"]
+        qmax = 2 ** (b - 1) - 1
+        if grid == "asymmetric":
+            code_min = tensors[quant["layers"][name]["code_min"]]
+            assert np.array_equal(code_min, ref_tensors[f"{name}.code_min"]), \
+                f"{name}: code_min changed"
+            width = 2 ** b - 1
+        else:
+            assert "code_min" not in quant["layers"][name], quant["layers"][name]
+            code_min, width = np.full(scales.shape, -qmax, np.int8), 2 * qmax
         assert codes.dtype == np.int8 and codes.shape == near.shape, name
         assert np.array_equal(tensors[f"{name}.scales"], scales), f"{name}: scales changed"
-        assert np.abs(codes.astype(int)).max() <= qmax, f"{name}: codes out of range"
-        assert np.abs(codes.astype(int) - near).max() <= 1, f"{name}: moved by more than 1"
         w = qx.layer_tensor(fl[name], "weight", ftensors)
         axis = qr.out_axis(ops[name])
-        s = scales[0] if scales.shape == (1,) else scales.reshape(
-            qr._channel_shape(w.ndim, axis))
+        shape = (1,) * w.ndim if scales.shape == (1,) else qr._channel_shape(w.ndim, axis)
+        s = scales.reshape(shape)
+        c_lo = code_min.astype(int).reshape(shape)
+        c_hi = c_lo + width
+        assert ((codes >= c_lo) & (codes <= c_hi)).all(), f"{name}: codes out of range"
+        assert np.abs(codes.astype(int) - near).max() <= 1, f"{name}: moved by more than 1"
         ws = (w / s).astype(np.float32)
-        lo = np.clip(np.floor(ws), -qmax, qmax)
-        hi = np.clip(np.ceil(ws), -qmax, qmax)
+        lo = np.clip(np.floor(ws), c_lo, c_hi)
+        hi = np.clip(np.ceil(ws), c_lo, c_hi)
         ok = (codes == lo) | (codes == hi)
         assert ok.all(), f"{name}: {int((~ok).sum())} codes are neither floor nor ceil"
         fixed = lo == hi
@@ -238,6 +261,27 @@ def test_codes_floor_or_ceil():
     _, tensors, _ = check_codes(exported("small"), out, 3, True, 8, 8)
     _, _, out = run_ae()
     check_codes(exported("ae"), out, 4, False)
+
+
+@test
+def test_asymmetric_grid():
+    """--grid asymmetric --scales mse: codes within each group's [code_min,
+    code_min + 2^b - 1], the reference's scales and code_min, grid and scales recorded."""
+    result, text, out = run_asym()
+    problems = qr.check_quantized_file(out)
+    assert not problems, problems
+    ref, tensors, quant = check_codes(exported("small"), out, 2, True, 8, None,
+                                      grid="asymmetric", scales="mse")
+    assert (quant["grid"], quant["scales"]) == ("asymmetric", "mse"), quant
+    assert [e["bits"] for e in quant["layers"].values()] == [8, 2, 2, 2], quant
+    assert tensors["c1.code_min"].tolist() == [-128] * 8, tensors["c1.code_min"]  # z = 128
+    # some channel of a 2-bit layer uses all four states of the asymmetric grid
+    groups = [g for n in list(ref)[1:] for g in
+              tensors[f"{n}.codes"].reshape(tensors[f"{n}.codes"].shape[0], -1)]
+    assert any(len(np.unique(g)) == 4 for g in groups), \
+        sorted({len(np.unique(g)) for g in groups})
+    assert "asymmetric grid, mse scales" in text, text[:300]
+    assert max(l["changed"] for l in result["layers"]) > 0, result["layers"]
 
 
 @test
@@ -334,7 +378,9 @@ def test_bad_input_refused():
             rc = adaround.main(base + ["--calibration", bad])
         assert rc == 1 and expect in err.getvalue(), (content, err.getvalue())
     assert not os.path.exists(tmp("bad.out")), "output written despite the error"
-    for extra in (["--calibration-size", "10", "--bits", "9"], []):
+    for extra in (["--calibration-size", "10", "--bits", "9"], [],
+                  ["--calibration-size", "10", "--grid", "affine"],
+                  ["--calibration-size", "10", "--scales", "minmax"]):
         with contextlib.redirect_stderr(io.StringIO()):
             try:
                 adaround.parse_args(base + extra)

@@ -8,6 +8,11 @@
   top-2 logit gap is within the two implementations' output difference on that image);
   an autoencoder's MSE agrees within 1e-4 relative;
 - 2 bits with the first and last layers at 8 bits gives those layers 8 bits;
+- the asymmetric grid and the mse scale search (2 and 3 bits per channel for every
+  combination but symmetric/max, 2 bits per tensor and 2 bits with the first and last
+  layers at 8 bits, asymmetric/mse): codes, scales, code_min, weights and biases
+  bit-identical to the reference; VGG at 2 bits per channel, asymmetric/mse: test
+  accuracies agree as above;
 - the CIFAR "option A" ResNet shortcut (subsample + zero channels) runs as in PyTorch.
 
 Needs Debian's python3-torch (scripts/install-deps.sh installs it). Without torch this
@@ -146,6 +151,58 @@ def check_first_last(name, path, tmp):
           f"{name} 2-bit, first and last at 8: layer bits {bits} match the reference")
 
 
+GRID_COMBOS = (("asymmetric", "max"), ("symmetric", "mse"), ("asymmetric", "mse"))
+
+
+def grid_flags(bits, gran, grid, scales, first_last=None):
+    flags = ["--bits", str(bits), "--" + gran, "--grid", grid, "--scales", scales]
+    if first_last:
+        flags += ["--first-bits", str(first_last), "--last-bits", str(first_last)]
+    return flags
+
+
+def check_grids(name, path, tmp):
+    """qevo quantize with the other grids and scale searches: codes, scales, code_min,
+    weights and biases bit-identical to the reference; grid and scales recorded."""
+    runs = [(bits, "per-channel", g, s, None) for bits in (2, 3) for g, s in GRID_COMBOS]
+    runs += [(2, "per-tensor", "asymmetric", "mse", None),
+             (2, "per-channel", "asymmetric", "mse", 8)]  # 8 bits: z = 128, rescaled
+    for bits, gran, grid, scales, first_last in runs:
+        what = (f"{name} {bits}-bit {gran} {grid}/{scales}"
+                + (f", first and last at {first_last}" if first_last else ""))
+        qfile = os.path.join(tmp, "q.safetensors")
+        try:
+            run_qevo(["quantize", path, "--out", qfile]
+                     + grid_flags(bits, gran, grid, scales, first_last))
+        except RuntimeError as e:
+            check(False, f"{what}: {e}")
+            continue
+        problems = qevo_ref.check_quantized_file(qfile, float_path=path)
+        _, meta = qevo_export.read_safetensors(qfile)
+        quant = json.loads(meta["qevo.quant"])
+        recorded = (quant.get("grid"), quant.get("scales")) == (grid, scales)
+        bits_ok = True
+        if first_last:
+            layer_bits = [e["bits"] for e in quant["layers"].values()]
+            bits_ok = layer_bits[0] == layer_bits[-1] == first_last and \
+                set(layer_bits[1:-1]) <= {bits}
+        check(not problems and recorded and bits_ok,
+              f"{what}: codes, scales, code_min, weights, biases bit-identical to the "
+              f"reference, grid and scales recorded"
+              + ("" if not problems else f": {problems[:3]}")
+              + ("" if recorded else f": qevo.quant has grid {quant.get('grid')!r}, "
+                                     f"scales {quant.get('scales')!r}")
+              + ("" if bits_ok else f": layer bits {layer_bits}"))
+
+
+def compare_grid_accuracy(name, path, tmp, x, labels):
+    """qevo eval with --grid asymmetric --scales mse against torch on the reference."""
+    what = f"{name} 2-bit per-channel asymmetric/mse"
+    got, _ = qevo_outputs(path, tmp, quant=grid_flags(2, "per-channel", "asymmetric", "mse"))
+    ref = qevo_ref.build_quantized_module(path, 2, True, grid="asymmetric", scales="mse")
+    compare_predictions(what, got, torch_outputs(ref, x), labels)
+
+
 def check_option_a(tmp, x):
     torch.manual_seed(3)
     m = models.build("resnet20", shortcut="A")
@@ -180,6 +237,9 @@ def main():
             x = fmnist.to_float(images, net.mean[0], net.std[0])
             compare_float(name, path, tmp, x, labels)
             compare_quantized(name, path, tmp, x, labels, net.task)
+            check_grids(name, path, tmp)
+            if name == "vgg":
+                compare_grid_accuracy(name, path, tmp, x, labels)
         check_first_last("vgg", os.path.join(MODELS, "vgg.safetensors"), tmp)
         check_option_a(tmp, fmnist.to_float(images, fmnist.MEAN, fmnist.STD))
     finish()
