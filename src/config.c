@@ -115,6 +115,10 @@ static const field fields[] = {
       "one_layer = a mutation stays in one layer; all_layers = spread over the whole network"),
     F("evolution.one_fifth", T_BOOL, evolution.one_fifth, "true", 0, 0, 0, NULL,
       "adapt the rate by the 1/5 success rule"),
+    F("evolution.significance", T_NUM, evolution.significance, "0", 0, 100, 0, NULL,
+      "paired selection: an offspring (or a migrant) enters the population only if its per-image "
+      "losses on the island's batch are lower than its parent's (the member it would replace) "
+      "by a paired t statistic of at least this (e.g. 2); 0 = any improvement of the mean"),
     F("evolution.cache_mb", T_NUM, evolution.cache_mb, "1024", 0, 1e9, 0, NULL,
       "memory bound (MiB) for cached parent activations per island; 0 = no cache (full passes)"),
     F("islands.topology", T_ENUM, islands.topology, "\"ring\"", 0, 0, 0, topo_names,
@@ -370,6 +374,10 @@ static int check_combinations(const config *c, const char *origin, qv_err *err)
         return qv_fail(err, "%s: evolution.offspring: (mu, lambda) selection needs offspring >= "
                        "population (%d), found %d", origin, c->evolution.population,
                        c->evolution.offspring);
+    if (c->evolution.significance > 0 && c->evolution.selection != SEL_PLUS)
+        return qv_fail(err, "%s: evolution.significance: paired selection needs "
+                       "evolution.selection \"plus\" (a rejected offspring must not displace its "
+                       "parent), found \"comma\"", origin);
     if (c->evolution.tournament > c->evolution.population)
         return qv_fail(err, "%s: evolution.tournament: expected at most the population (%d), "
                        "found %d", origin, c->evolution.population, c->evolution.tournament);

@@ -90,12 +90,41 @@ void evo_images_subset(evo_images *dst, const evo_images *src, const int *rows, 
     dst->target = gather_rows(src->target, sizeof(float) * out_per, rows, count, true);
 }
 
-/* Adds the scores of images [b0, b0+n) of im whose outputs are in a. */
+/* The selection loss of one image's totals: what the fitness kind ranks by. */
+static double image_loss(fit_kind kind, const fit_totals *t)
+{
+    switch (kind) {
+    case FIT_KL: return t->kl;
+    case FIT_CROSS_ENTROPY:
+    case FIT_ACCURACY: return t->ce; /* correct/wrong is too coarse to pair */
+    case FIT_MSE:
+    case FIT_PSNR: return t->sq_err;
+    }
+    return 0;
+}
+
+/* Adds the scores of images [b0, b0+n) of im whose outputs are in a; with loss, also
+ * writes each image's loss (under kind) to loss[b0 + i]. */
 static void score_chunk(const net *nt, const net_acts *a, const evo_images *im, int b0, int n,
-                        float *y, fit_totals *t)
+                        float *y, fit_totals *t, fit_kind kind, float *loss)
 {
     size_t out_per = per_image(net_output_dims(nt));
     net_output(nt, a, n, y);
+    if (loss) { /* image by image: the same totals, plus each image's own */
+        for (int i = 0; i < n; i++) {
+            fit_totals one = {0};
+            const float *yi = y + (size_t)i * out_per;
+            size_t row = (size_t)(b0 + i) * out_per;
+            if (net_get_task(nt) == NET_CLASSIFY)
+                fit_classify(yi, 1, (int)out_per, im->labels + b0 + i, im->teacher + row,
+                             im->temperature, &one);
+            else
+                fit_reconstruct(yi, im->target + row, out_per, 1, &one);
+            loss[b0 + i] = (float)image_loss(kind, &one);
+            fit_add(t, &one);
+        }
+        return;
+    }
     if (net_get_task(nt) == NET_CLASSIFY)
         fit_classify(y, n, (int)out_per, im->labels + b0, im->teacher + (size_t)b0 * out_per,
                      im->temperature, t);
@@ -142,7 +171,7 @@ fit_totals evo_score_weights(const net *nt, const evo_images *im, net_acts *work
     for (int b0 = 0; b0 < im->count; b0 += batch) {
         int n = im->count - b0 < batch ? im->count - b0 : batch;
         net_forward(nt, work, im->x + (size_t)b0 * in_per, n);
-        score_chunk(nt, work, im, b0, n, y, &t);
+        score_chunk(nt, work, im, b0, n, y, &t, FIT_KL, NULL);
         if (per_image_out)
             per_image_scores(nt, im, b0, n, y, per_image_out);
     }
@@ -372,6 +401,7 @@ struct evo_island {
     int *kid_parent;         /* index into pop at breeding time */
     int *kid_first;          /* first changed node */
     uint32_t *changed;       /* scratch, n */
+    float *import_loss;      /* per-image losses of an arriving migrant */
     double rate;
     uint64_t next_id;
     /* Activation caches: slots of cut-node storage, each one net_acts per chunk. */
@@ -409,8 +439,9 @@ static void release(evo_island *is, evo_member *m)
     m->cache = -1;
 }
 
-/* Full passes over the batch with the weights now in the net; fills slot s if >= 0. */
-static fit_totals full_pass(evo_island *is, int s)
+/* Full passes over the batch with the weights now in the net; fills slot s if >= 0 and
+ * per-image losses if loss is not NULL. */
+static fit_totals full_pass(evo_island *is, int s, float *loss)
 {
     fit_totals t = {0};
     size_t in_per = per_image(net_input_dims(is->nt));
@@ -418,7 +449,7 @@ static fit_totals full_pass(evo_island *is, int s)
     for (int c = 0; c < is->chunks; c++) {
         int n = chunk_size(is, c);
         net_forward(is->nt, is->work, is->batch->x + (size_t)c * b * in_per, n);
-        score_chunk(is->nt, is->work, is->batch, c * b, n, is->y, &t);
+        score_chunk(is->nt, is->work, is->batch, c * b, n, is->y, &t, is->c->fitness.kind, loss);
         if (s >= 0)
             net_acts_copy(is->nt, is->work, is->slots[s][c], 0, net_node_count(is->nt), n);
     }
@@ -426,7 +457,13 @@ static fit_totals full_pass(evo_island *is, int s)
     return t;
 }
 
-/* Gives member m a cache if a slot is free (its weights must be in the net). */
+/* Paired selection: members carry per-image losses. */
+static bool paired(const evo_island *is)
+{
+    return is->c->evolution.significance > 0;
+}
+
+/* Gives member m a cache if a slot is free. */
 static void give_cache(evo_island *is, evo_member *m)
 {
     if (m->cache >= 0 || is->nslots == 0)
@@ -435,20 +472,23 @@ static void give_cache(evo_island *is, evo_member *m)
     if (s < 0)
         return;
     quant_apply(is->q, is->nt, m->codes);
-    full_pass(is, s);
+    full_pass(is, s, paired(is) ? m->loss : NULL);
+    m->loss_valid = paired(is);
     m->cache = s;
     is->stats.cache_builds++;
 }
 
 /* Scores codes (already in the net) resuming from parent's cache at node first. */
-static fit_totals resumed_pass(evo_island *is, const evo_member *parent, int first)
+static fit_totals resumed_pass(evo_island *is, const evo_member *parent, int first,
+                               float *loss)
 {
     fit_totals t = {0};
     int r = net_resume_node(is->nt, first);
     for (int c = 0; c < is->chunks; c++) {
         int n = chunk_size(is, c);
         net_forward_from(is->nt, r, is->slots[parent->cache][c], is->work, n);
-        score_chunk(is->nt, is->work, is->batch, c * net_acts_batch(is->work), n, is->y, &t);
+        score_chunk(is->nt, is->work, is->batch, c * net_acts_batch(is->work), n, is->y, &t,
+                    is->c->fitness.kind, loss);
     }
     for (int k = r; k < net_node_count(is->nt); k++)
         is->stats.flops += net_node_at(is->nt, k)->flops * is->batch->count;
@@ -461,6 +501,42 @@ static void score_member(evo_island *is, evo_member *m, fit_totals t)
     m->totals = t;
     m->key = evo_key_of(is->c->fitness.kind, &t);
 }
+
+/* Member m's per-image losses on the current batch, by a full pass if it has none (a
+ * member restored from a checkpoint). */
+static void ensure_losses(evo_island *is, evo_member *m)
+{
+    if (m->loss_valid)
+        return;
+    quant_apply(is->q, is->nt, m->codes);
+    full_pass(is, -1, m->loss);
+    m->loss_valid = true;
+}
+
+/* Paired t statistic of the per-image gain of `cand` over `base` (base - cand: positive
+ * when cand is better) on the same n images. No difference at all is no evidence. */
+static double paired_t(const float *base, const float *cand, int n)
+{
+    double sum = 0.0, sq = 0.0;
+    for (int i = 0; i < n; i++) {
+        double d = (double)base[i] - (double)cand[i];
+        sum += d;
+        sq += d * d;
+    }
+    double mean = sum / n, var = n > 1 ? (sq - sum * mean) / (n - 1) : 0.0;
+    if (var <= 0.0)
+        return mean > 0.0 ? INFINITY : 0.0;
+    return mean / sqrt(var / n);
+}
+
+/* Paired selection: a candidate whose gain over `base` is not significant is treated as
+ * no better (it can neither survive nor count as a success). */
+static bool significant(const evo_island *is, const evo_member *base, const float *cand)
+{
+    return paired_t(base->loss, cand, is->batch->count) >= is->c->evolution.significance;
+}
+
+static const evo_key rejected_key = {{INFINITY, INFINITY}};
 
 static int cmp_members(const void *a, const void *b)
 {
@@ -558,7 +634,16 @@ static void alloc_members(evo_island *is, evo_member *m, int count)
 {
     for (int i = 0; i < count; i++) {
         m[i].codes = qv_malloc(is->n ? is->n : 1);
+        m[i].loss = qv_malloc(sizeof(float) * (size_t)(is->batch->count ? is->batch->count : 1));
         m[i].cache = -1;
+    }
+}
+
+static void free_members(evo_member *m, int count)
+{
+    for (int i = 0; m && i < count; i++) {
+        free(m[i].codes);
+        free(m[i].loss);
     }
 }
 
@@ -592,14 +677,17 @@ evo_island *evo_create(net *nt, const quant *q, const int8_t *start, const confi
     is->kid_parent = qv_malloc(sizeof(int) * (size_t)is->lambda);
     is->kid_first = qv_malloc(sizeof(int) * (size_t)is->lambda);
     is->kid_layer = qv_malloc(sizeof(int) * (size_t)is->lambda);
+    is->import_loss = qv_malloc(sizeof(float) * (size_t)(batch->count ? batch->count : 1));
     alloc_members(is, is->pop, is->mu);
     alloc_members(is, is->kids, is->lambda);
     init_slots(is);
     /* Every member starts as the start state: score it once, share the score. */
     quant_apply(q, nt, start);
-    fit_totals t = full_pass(is, -1);
+    fit_totals t = full_pass(is, -1, is->pop[0].loss);
     for (int i = 0; i < is->mu; i++) {
         memcpy(is->pop[i].codes, start, is->n);
+        memcpy(is->pop[i].loss, is->pop[0].loss, sizeof(float) * (size_t)batch->count);
+        is->pop[i].loss_valid = paired(is);
         score_member(is, &is->pop[i], t);
         is->pop[i].id = is->next_id++;
     }
@@ -610,10 +698,9 @@ void evo_free(evo_island *is)
 {
     if (!is)
         return;
-    for (int i = 0; is->pop && i < is->mu; i++)
-        free(is->pop[i].codes);
-    for (int i = 0; is->kids && i < is->lambda; i++)
-        free(is->kids[i].codes);
+    free_members(is->pop, is->mu);
+    free_members(is->kids, is->lambda);
+    free(is->import_loss);
     for (int s = 0; s < is->nslots; s++) {
         for (int c = 0; c < is->chunks; c++)
             net_acts_free(is->slots[s][c]);
@@ -730,11 +817,17 @@ static void evaluate_kid(evo_island *is, int j)
     evo_member *kid = &is->kids[j], *parent = &is->pop[is->kid_parent[j]];
     double t0 = qv_now();
     give_cache(is, parent);
+    float *loss = paired(is) ? kid->loss : NULL;
+    if (loss)
+        ensure_losses(is, parent);
     quant_apply(is->q, is->nt, kid->codes);
     int resume = net_resume_node(is->nt, is->kid_first[j]);
-    fit_totals t = parent->cache >= 0 ? resumed_pass(is, parent, is->kid_first[j])
-                                      : full_pass(is, -1);
+    fit_totals t = parent->cache >= 0 ? resumed_pass(is, parent, is->kid_first[j], loss)
+                                      : full_pass(is, -1, loss);
     score_member(is, kid, t);
+    kid->loss_valid = loss != NULL;
+    if (loss && !significant(is, parent, loss))
+        kid->key = rejected_key;
     keep_kid_cache(is, j, parent, resume);
     if (is->c->evolution.layers == LAYERS_ADAPTIVE && is->kid_layer[j] >= 0) {
         /* The layer's cost is what an incremental evaluation runs, cache or not: the
@@ -820,7 +913,8 @@ void evo_set_batch(evo_island *is, const evo_images *batch)
     for (int i = 0; i < is->mu; i++) {
         int slot = acquire_slot(is);
         quant_apply(is->q, is->nt, is->pop[i].codes);
-        score_member(is, &is->pop[i], full_pass(is, slot));
+        score_member(is, &is->pop[i], full_pass(is, slot, paired(is) ? is->pop[i].loss : NULL));
+        is->pop[i].loss_valid = paired(is);
         is->pop[i].cache = slot;
     }
     qsort(is->pop, (size_t)is->mu, sizeof(evo_member), cmp_members);
@@ -830,16 +924,26 @@ int evo_import(evo_island *is, const int8_t *codes, migrate_policy policy)
 {
     double t0 = qv_now();
     evo_member *worst = &is->pop[is->mu - 1];
+    if (paired(is))
+        ensure_losses(is, worst);
     quant_apply(is->q, is->nt, codes);
-    fit_totals t = full_pass(is, -1);
+    fit_totals t = full_pass(is, -1, paired(is) ? is->import_loss : NULL);
     is->stats.evaluations++;
     is->stats.migrants_in++;
     is->stats.eval_seconds += qv_now() - t0;
     evo_key key = evo_key_of(is->c->fitness.kind, &t);
-    if (policy == MIGRATE_REPLACE_WORST_IF_BETTER && evo_key_cmp(key, worst->key) >= 0)
+    if (policy == MIGRATE_REPLACE_WORST_IF_BETTER &&
+        (evo_key_cmp(key, worst->key) >= 0 ||
+         (paired(is) && !significant(is, worst, is->import_loss))))
         return 0;
     release(is, worst);
     memcpy(worst->codes, codes, is->n);
+    if (paired(is)) { /* the migrant's losses become the member's */
+        float *swap = worst->loss;
+        worst->loss = is->import_loss;
+        is->import_loss = swap;
+        worst->loss_valid = true;
+    }
     score_member(is, worst, t);
     worst->id = is->next_id++;
     int slot = is->chunks == 1 ? acquire_slot(is) : -1;
@@ -980,6 +1084,7 @@ int evo_state_read(evo_island *is, const unsigned char *const *bufs, const size_
         dst->key = src->key;
         dst->id = src->id;
         dst->born = src->born;
+        dst->loss_valid = false; /* computed when first needed */
     }
     is->stats = sum;
     free(all);

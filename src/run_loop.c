@@ -433,10 +433,11 @@ static int run_loop_async(run_state *s)
         s->generation++;
         evo_generation(s->is, (uint32_t)s->generation);
         test_slowdown(s);
-        if (s->nranks > 1)
-            run_migrate_async(s, c->islands.interval && s->generation % c->islands.interval == 0);
+        /* Natives are re-scored on fresh images before migrants compete with them. */
         if (c->data.redraw_every && s->generation % c->data.redraw_every == 0)
             redraw(s);
+        if (s->nranks > 1)
+            run_migrate_async(s, c->islands.interval && s->generation % c->islands.interval == 0);
         if (s->generation % c->report.interval == 0 && !failed)
             failed = local_report(s);
         if (run_take_signals()) { /* any signal: checkpoint and stop (no partner waits) */
@@ -472,10 +473,11 @@ int run_loop(run_state *s)
         s->generation++;
         evo_generation(s->is, (uint32_t)s->generation);
         test_slowdown(s);
-        if (s->nranks > 1 && c->islands.interval && s->generation % c->islands.interval == 0)
-            run_migrate(s);
+        /* Natives are re-scored on fresh images before migrants compete with them. */
         if (c->data.redraw_every && s->generation % c->data.redraw_every == 0)
             redraw(s);
+        if (s->nranks > 1 && c->islands.interval && s->generation % c->islands.interval == 0)
+            run_migrate(s);
         if (s->generation % c->report.interval == 0 && report(s))
             return -1;
         int act = boundary_actions(s);

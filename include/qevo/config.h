@@ -62,6 +62,7 @@ typedef struct {
         int layer_count;
         spread_kind spread;
         bool one_fifth;       /* adapt the rate by the 1/5 success rule */
+        double significance;  /* paired t an offspring must reach over its parent; 0 = off */
         double cache_mb;      /* memory bound for cached parent activations per island */
     } evolution;
     struct {

@@ -8,6 +8,7 @@
 #ifndef QEVO_EVO_H
 #define QEVO_EVO_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -102,6 +103,8 @@ typedef struct {
     int cache;      /* cache slot, or -1 */
     uint64_t id;    /* unique within the island, for logs */
     uint64_t born;  /* generation it was created */
+    float *loss;    /* per-image loss on the batch (paired selection), when loss_valid */
+    bool loss_valid;
 } evo_member;
 
 typedef struct {
@@ -128,8 +131,9 @@ void evo_free(evo_island *is);
 void evo_generation(evo_island *is, uint32_t generation);
 /* Replaces the fitness batch and re-scores the population. */
 void evo_set_batch(evo_island *is, const evo_images *batch);
-/* Scores a migrant on this island's batch and lets it in by the policy; returns 1 if
- * it replaced a member. */
+/* Scores a migrant on this island's batch and lets it in by the policy (and, with
+ * evolution.significance, only if it is significantly better than the member it would
+ * replace, image by image); returns 1 if it replaced a member. */
 int evo_import(evo_island *is, const int8_t *codes, migrate_policy policy);
 
 /* The island's state (population with scores and ids, rate, counters) as bytes, for

@@ -5,6 +5,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include "qevo/evo.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -103,9 +104,10 @@ static void prepare_first(evo_images *im, const data_set *ds, net *nt, const qua
 
 /* After generations of incremental evaluation, every member's score equals a full pass. */
 static void test_island(net *nt, const quant *q, const data_set *ds, sel_kind sel, int cache_mb,
-                        layer_choice layers)
+                        layer_choice layers, double significance)
 {
     config c = base_config();
+    c.evolution.significance = significance;
     c.evolution.layers = layers;
     c.evolution.selection = sel;
     c.evolution.population = 3;
@@ -174,6 +176,57 @@ static void test_island(net *nt, const quant *q, const data_set *ds, sel_kind se
     free(start);
     evo_images_free(&im);
     config_free(&c);
+}
+
+/* Paired selection: an offspring enters only with a paired t of its per-image losses
+ * against its parent's of at least evolution.significance. Unreachable: nothing enters
+ * and the population stays the start; reachable: every accepted state is, image by
+ * image, better than the start on the whole (its t against the start is positive). */
+static void test_paired(net *nt, const quant *q, const data_set *ds)
+{
+    evo_images im;
+    prepare_first(&im, ds, nt, q, 40);
+    int8_t *start = qv_malloc(quant_size(q));
+    quant_nearest(q, start);
+    net_acts *work = net_acts_create(nt, 64);
+    float *base = qv_malloc(sizeof(float) * 40);
+    for (int k = 0; k < 2; k++) {
+        config c = base_config();
+        c.evolution.rate = 0.01;
+        c.evolution.cache_mb = 64;
+        c.data.eval_batch = 64;
+        c.evolution.significance = k ? 1.0 : 100.0;
+        qv_err err;
+        evo_island *is = evo_create(nt, q, start, &c, &im, 0, &err);
+        QV_ASSERT(is);
+        memcpy(base, evo_member_at(is, 0)->loss, sizeof(float) * 40);
+        for (uint32_t g = 1; g <= 20; g++)
+            evo_generation(is, g);
+        const evo_member *best = evo_member_at(is, 0);
+        if (k == 0) {
+            CHECK(evo_get_stats(is)->accepted == 0);
+            CHECK(memcmp(best->codes, start, quant_size(q)) == 0);
+        } else {
+            CHECKF(evo_get_stats(is)->accepted > 0, "%llu accepted",
+                   (unsigned long long)evo_get_stats(is)->accepted);
+            double gain = 0;
+            for (int i = 0; i < 40; i++)
+                gain += (double)base[i] - best->loss[i];
+            CHECK(gain > 0 && best->loss_valid);
+            /* The stored losses are the member's own: they sum to its KL. */
+            double sum = 0;
+            for (int i = 0; i < 40; i++)
+                sum += best->loss[i];
+            fit_totals t = evo_score(nt, q, best->codes, &im, work, NULL);
+            CHECKF(fabs(sum - t.kl) <= 1e-4 * fabs(t.kl) + 1e-9, "losses %g, KL %g", sum, t.kl);
+        }
+        evo_free(is);
+        config_free(&c);
+    }
+    free(base);
+    net_acts_free(work);
+    free(start);
+    evo_images_free(&im);
 }
 
 /* The cache changes only speed: with and without it an island (adaptive layer choice,
@@ -246,10 +299,13 @@ int main(void)
     quant *q = quant_create(nt, &qs);
     data_set *ds = mb_random_images(64, 8, 8, 9);
     test_operators(q);
-    test_island(nt, q, ds, SEL_PLUS, 64, LAYERS_PROPORTIONAL);
-    test_island(nt, q, ds, SEL_COMMA, 64, LAYERS_UNIFORM);
-    test_island(nt, q, ds, SEL_PLUS, 0, LAYERS_ADAPTIVE);
-    test_island(nt, q, ds, SEL_PLUS, 64, LAYERS_ADAPTIVE);
+    test_island(nt, q, ds, SEL_PLUS, 64, LAYERS_PROPORTIONAL, 0);
+    test_island(nt, q, ds, SEL_COMMA, 64, LAYERS_UNIFORM, 0);
+    test_island(nt, q, ds, SEL_PLUS, 0, LAYERS_ADAPTIVE, 0);
+    test_island(nt, q, ds, SEL_PLUS, 64, LAYERS_ADAPTIVE, 0);
+    test_island(nt, q, ds, SEL_PLUS, 64, LAYERS_ADAPTIVE, 1.0);
+    test_island(nt, q, ds, SEL_PLUS, 0, LAYERS_PROPORTIONAL, 1.0);
+    test_paired(nt, q, ds);
     test_cache_neutral(nt, q, ds);
     test_layer_names(nt, q, ds);
     data_free(ds);
