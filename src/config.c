@@ -79,6 +79,11 @@ static const field fields[] = {
       "(keep it <= data.eval_batch so offspring caches need no extra passes)"),
     F("data.redraw_every", T_INT, data.redraw_every, "0", 0, BIG, 0, NULL,
       "generations between redraws of the fitness batch (the population is re-scored); 0 = never"),
+    F("data.confirmation_batch", T_INT, data.confirmation_batch, "0", 0, BIG, 0, NULL,
+      "images of the island's shard, disjoint from the fitness batch and redrawn with it, on "
+      "which an offspring or migrant that passed paired selection must pass it again, so that "
+      "a win picked among many candidates is confirmed on images that took no part in picking "
+      "it (needs evolution.significance > 0); 0 = off"),
     F("data.eval_batch", T_INT, data.eval_batch, "256", 1, 65536, 0, NULL,
       "images per forward pass"),
     F("fitness.kind", T_ENUM, fitness.kind, "\"kl\"", 0, 0, 0, fit_names,
@@ -378,6 +383,9 @@ static int check_combinations(const config *c, const char *origin, qv_err *err)
         return qv_fail(err, "%s: evolution.significance: paired selection needs "
                        "evolution.selection \"plus\" (a rejected offspring must not displace its "
                        "parent), found \"comma\"", origin);
+    if (c->data.confirmation_batch > 0 && c->evolution.significance <= 0)
+        return qv_fail(err, "%s: data.confirmation_batch: confirming paired wins needs "
+                       "evolution.significance > 0, found 0", origin);
     if (c->evolution.tournament > c->evolution.population)
         return qv_fail(err, "%s: evolution.tournament: expected at most the population (%d), "
                        "found %d", origin, c->evolution.population, c->evolution.tournament);

@@ -386,6 +386,7 @@ struct evo_island {
     const quant *q;
     const config *c;
     const evo_images *batch;
+    const evo_images *confirm; /* confirmation batch, or NULL */
     evo_weights w;
     uint32_t island;
     size_t n;                /* weights */
@@ -402,6 +403,7 @@ struct evo_island {
     int *kid_first;          /* first changed node */
     uint32_t *changed;       /* scratch, n */
     float *import_loss;      /* per-image losses of an arriving migrant */
+    float *import_closs;     /* its losses on the confirmation batch */
     double rate;
     uint64_t next_id;
     /* Activation caches: slots of cut-node storage, each one net_acts per chunk. */
@@ -502,6 +504,31 @@ static void score_member(evo_island *is, evo_member *m, fit_totals t)
     m->key = evo_key_of(is->c->fitness.kind, &t);
 }
 
+/* Per-image losses on the confirmation batch of the weights now in the net. */
+static void confirm_pass(evo_island *is, float *loss)
+{
+    const evo_images *im = is->confirm;
+    fit_totals t = {0};
+    size_t in_per = per_image(net_input_dims(is->nt));
+    int b = net_acts_batch(is->work);
+    for (int b0 = 0; b0 < im->count; b0 += b) {
+        int n = im->count - b0 < b ? im->count - b0 : b;
+        net_forward(is->nt, is->work, im->x + (size_t)b0 * in_per, n);
+        score_chunk(is->nt, is->work, im, b0, n, is->y, &t, is->c->fitness.kind, loss);
+    }
+    is->stats.flops += net_flops(is->nt) * im->count;
+}
+
+/* Member m's confirmation losses, by a pass if it has none for this confirmation batch. */
+static void ensure_closses(evo_island *is, evo_member *m)
+{
+    if (m->closs_valid)
+        return;
+    quant_apply(is->q, is->nt, m->codes);
+    confirm_pass(is, m->closs);
+    m->closs_valid = true;
+}
+
 /* Member m's per-image losses on the current batch, by a full pass if it has none (a
  * member restored from a checkpoint). */
 static void ensure_losses(evo_island *is, evo_member *m)
@@ -534,6 +561,21 @@ static double paired_t(const float *base, const float *cand, int n)
 static bool significant(const evo_island *is, const evo_member *base, const float *cand)
 {
     return paired_t(base->loss, cand, is->batch->count) >= is->c->evolution.significance;
+}
+
+static bool confirming(const evo_island *is)
+{
+    return is->confirm && is->confirm->count > 0;
+}
+
+/* The confirmation of a paired win: the same test on images that took no part in
+ * choosing the candidate, whose codes are in the net (and are left there). */
+static bool confirmed(evo_island *is, evo_member *base, const int8_t *codes, float *closs)
+{
+    ensure_closses(is, base);
+    quant_apply(is->q, is->nt, codes);
+    confirm_pass(is, closs);
+    return paired_t(base->closs, closs, is->confirm->count) >= is->c->evolution.significance;
 }
 
 static const evo_key rejected_key = {{INFINITY, INFINITY}};
@@ -644,6 +686,7 @@ static void free_members(evo_member *m, int count)
     for (int i = 0; m && i < count; i++) {
         free(m[i].codes);
         free(m[i].loss);
+        free(m[i].closs);
     }
 }
 
@@ -701,6 +744,7 @@ void evo_free(evo_island *is)
     free_members(is->pop, is->mu);
     free_members(is->kids, is->lambda);
     free(is->import_loss);
+    free(is->import_closs);
     for (int s = 0; s < is->nslots; s++) {
         for (int c = 0; c < is->chunks; c++)
             net_acts_free(is->slots[s][c]);
@@ -826,9 +870,18 @@ static void evaluate_kid(evo_island *is, int j)
                                       : full_pass(is, -1, loss);
     score_member(is, kid, t);
     kid->loss_valid = loss != NULL;
+    kid->closs_valid = false;
     if (loss && !significant(is, parent, loss))
         kid->key = rejected_key;
-    keep_kid_cache(is, j, parent, resume);
+    keep_kid_cache(is, j, parent, resume); /* before a confirmation overwrites the work */
+    if (loss && confirming(is) && evo_key_cmp(kid->key, rejected_key) != 0) {
+        if (confirmed(is, parent, kid->codes, kid->closs)) {
+            kid->closs_valid = true;
+        } else {
+            kid->key = rejected_key;
+            release(is, kid);
+        }
+    }
     if (is->c->evolution.layers == LAYERS_ADAPTIVE && is->kid_layer[j] >= 0) {
         /* The layer's cost is what an incremental evaluation runs, cache or not: the
          * search must not depend on the cache's memory bound. */
@@ -903,6 +956,21 @@ void evo_generation(evo_island *is, uint32_t generation)
     }
 }
 
+void evo_set_confirmation(evo_island *is, const evo_images *confirm)
+{
+    is->confirm = confirm;
+    size_t bytes = sizeof(float) * (size_t)(confirm->count ? confirm->count : 1);
+    for (int i = 0; i < is->mu; i++) {
+        is->pop[i].closs = qv_realloc(is->pop[i].closs, bytes);
+        is->pop[i].closs_valid = false;
+    }
+    for (int i = 0; i < is->lambda; i++) {
+        is->kids[i].closs = qv_realloc(is->kids[i].closs, bytes);
+        is->kids[i].closs_valid = false;
+    }
+    is->import_closs = qv_realloc(is->import_closs, bytes);
+}
+
 void evo_set_batch(evo_island *is, const evo_images *batch)
 {
     QV_ASSERT(batch->count == is->batch->count);
@@ -936,6 +1004,13 @@ int evo_import(evo_island *is, const int8_t *codes, migrate_policy policy)
         (evo_key_cmp(key, worst->key) >= 0 ||
          (paired(is) && !significant(is, worst, is->import_loss))))
         return 0;
+    /* A confirmation pass would overwrite the migrant's activations: no cache then. */
+    bool confirm = paired(is) && confirming(is);
+    if (confirm && policy == MIGRATE_REPLACE_WORST_IF_BETTER &&
+        !confirmed(is, worst, codes, is->import_closs))
+        return 0;
+    if (confirm && policy == MIGRATE_REPLACE_WORST)
+        confirm_pass(is, is->import_closs);
     release(is, worst);
     memcpy(worst->codes, codes, is->n);
     if (paired(is)) { /* the migrant's losses become the member's */
@@ -943,10 +1018,14 @@ int evo_import(evo_island *is, const int8_t *codes, migrate_policy policy)
         worst->loss = is->import_loss;
         is->import_loss = swap;
         worst->loss_valid = true;
+        swap = worst->closs;
+        worst->closs = is->import_closs;
+        is->import_closs = swap;
+        worst->closs_valid = confirm;
     }
     score_member(is, worst, t);
     worst->id = is->next_id++;
-    int slot = is->chunks == 1 ? acquire_slot(is) : -1;
+    int slot = is->chunks == 1 && !confirm ? acquire_slot(is) : -1;
     if (slot >= 0) { /* the work storage holds the migrant's whole pass */
         net_acts_copy(is->nt, is->work, is->slots[slot][0], 0, net_node_count(is->nt),
                       chunk_size(is, 0));
@@ -1084,7 +1163,7 @@ int evo_state_read(evo_island *is, const unsigned char *const *bufs, const size_
         dst->key = src->key;
         dst->id = src->id;
         dst->born = src->born;
-        dst->loss_valid = false; /* computed when first needed */
+        dst->loss_valid = dst->closs_valid = false; /* computed when first needed */
     }
     is->stats = sum;
     free(all);

@@ -160,6 +160,13 @@ static int check_sizes(run_state *s, qv_err *err)
         return qv_fail(err, "data.fitness_batch: %d is larger than the smallest island shard "
                        "(%d images = data.fitness_size / %d islands)", c->data.fitness_batch,
                        smallest, s->nranks);
+    if (c->data.confirmation_batch &&
+        (c->data.fitness_batch == 0 ||
+         c->data.fitness_batch + c->data.confirmation_batch > smallest))
+        return qv_fail(err, "data.confirmation_batch: the fitness batch (%d) and the "
+                       "confirmation batch (%d) must both fit, disjoint, in the smallest island "
+                       "shard (%d images = data.fitness_size / %d islands)",
+                       c->data.fitness_batch, c->data.confirmation_batch, smallest, s->nranks);
     return 0;
 }
 
@@ -207,9 +214,9 @@ static void make_splits(run_state *s)
     s->test_count = count;
 }
 
-void run_draw_batch(run_state *s, uint32_t draw, evo_images *im)
+void run_draw_batch(run_state *s, uint32_t draw, evo_images *im, evo_images *confirm)
 {
-    int b = s->cfg.data.fitness_batch, n = s->shard_count;
+    int b = s->cfg.data.fitness_batch, n = s->shard_count, cb = s->cfg.data.confirmation_batch;
     if (b == 0 || b > n)
         b = n;
     int *pick = qv_malloc(sizeof(int) * (size_t)n);
@@ -219,8 +226,10 @@ void run_draw_batch(run_state *s, uint32_t draw, evo_images *im)
         rng r = rng_stream(s->cfg.seed, (uint32_t)s->rank, draw, RNG_BATCH);
         rng_shuffle(&r, pick, n);
     }
-    /* The shard was prepared once (inputs and teacher outputs): a draw only copies rows. */
+    /* The shard was prepared once (inputs and teacher outputs): a draw only copies rows.
+     * The confirmation images follow the batch's in the same shuffle: disjoint from it. */
     evo_images_subset(im, &s->shard_im, pick, b, s->nt);
+    evo_images_subset(confirm, &s->shard_im, pick + b, cb, s->nt);
     free(pick);
 }
 
@@ -277,7 +286,7 @@ static int setup_islands(run_state *s, qv_err *err)
                        s->cfg.data.eval_batch, s->cfg.fitness.temperature);
     if (s->cfg.reconstruction.sweeps && !s->dry_run)
         reconstruct_start(s);
-    run_draw_batch(s, 0, &s->batch);
+    run_draw_batch(s, 0, &s->batch, &s->confirm);
     /* Validation and test KL are reported at temperature 1, whatever the fitness uses. */
     evo_images_prepare(&s->val, s->train, s->val_idx, s->val_count, s->nt, s->q,
                        s->cfg.data.eval_batch, 1.0);
@@ -287,6 +296,7 @@ static int setup_islands(run_state *s, qv_err *err)
     s->is = evo_create(s->nt, s->q, s->start, &s->cfg, &s->batch, (uint32_t)s->rank, err);
     if (!s->is)
         return -1;
+    evo_set_confirmation(s->is, &s->confirm);
     s->topo = island_topology_create(s->cfg.islands.topology, s->cfg.islands.degree,
                                      s->cfg.seed, err);
     if (!s->topo)
@@ -302,6 +312,7 @@ void run_state_free(run_state *s)
     evo_free(s->is);
     island_topology_free(s->topo);
     evo_images_free(&s->batch);
+    evo_images_free(&s->confirm);
     evo_images_free(&s->shard_im);
     evo_images_free(&s->val);
     evo_images_free(&s->test_im);

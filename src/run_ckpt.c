@@ -287,6 +287,12 @@ static int restore_island(run_state *s, const char *dir, int saved, qv_err *err)
         if (count == 0 && saved == s->nranks) {
             /* The same islands: the run continues exactly where it stopped. */
             s->draws = h.draws;
+            if (s->draws) { /* the saved scores are on that draw's batch: draw it again */
+                evo_images_free(&s->batch);
+                evo_images_free(&s->confirm);
+                run_draw_batch(s, s->draws, &s->batch, &s->confirm);
+                evo_set_confirmation(s->is, &s->confirm);
+            }
             s->validated_once = h.validated_once;
             s->validated_id = h.validated_id;
             for (uint32_t k = 0; k < h.nmig; k++) {

@@ -37,7 +37,7 @@ typedef struct {
     int *test_idx;
     int shard_count, val_count, test_count;
     evo_images shard_im;      /* this island's whole shard, prepared once */
-    evo_images batch, val, test_im;
+    evo_images batch, confirm, val, test_im;
     uint32_t draws;
     net_acts *work;
     /* the island */
@@ -100,7 +100,9 @@ void run_migrate_async_finish(run_state *s);
 
 /* The island's fitness batch number `draw`: the whole shard, or fitness_batch images
  * drawn from it by the seed. */
-void run_draw_batch(run_state *s, uint32_t draw, evo_images *im);
+/* The fitness batch and the confirmation batch (data.confirmation_batch images, possibly
+ * none) of draw `draw`, disjoint rows of this island's shard. */
+void run_draw_batch(run_state *s, uint32_t draw, evo_images *im, evo_images *confirm);
 
 /* Data-parallel scores on the validation (or test) slices: one sum over ranks. */
 void run_score_states(run_state *s, const evo_images *im, int8_t *const *codes, int count,

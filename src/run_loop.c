@@ -337,11 +337,14 @@ static int report(run_state *s)
 static void redraw(run_state *s)
 {
     double t0 = qv_now();
-    evo_images next;
-    run_draw_batch(s, ++s->draws, &next);
+    evo_images next, confirm;
+    run_draw_batch(s, ++s->draws, &next, &confirm);
     evo_images_free(&s->batch);
+    evo_images_free(&s->confirm);
     s->batch = next; /* evo holds &s->batch: same address, new images */
+    s->confirm = confirm;
     evo_set_batch(s->is, &s->batch);
+    evo_set_confirmation(s->is, &s->confirm);
     s->t_redraw += qv_now() - t0;
 }
 

@@ -40,6 +40,7 @@ typedef struct {
         int validation_size;  /* images, disjoint from every shard */
         int fitness_batch;    /* images per fitness evaluation (0 = the whole shard) */
         int redraw_every;     /* generations between redraws of the batch (0 = never) */
+        int confirmation_batch; /* images on which a paired win must be confirmed (0 = off) */
         int eval_batch;       /* images per forward pass */
     } data;
     struct {

@@ -104,7 +104,8 @@ typedef struct {
     uint64_t id;    /* unique within the island, for logs */
     uint64_t born;  /* generation it was created */
     float *loss;    /* per-image loss on the batch (paired selection), when loss_valid */
-    bool loss_valid;
+    float *closs;   /* the same on the confirmation batch, when closs_valid */
+    bool loss_valid, closs_valid;
 } evo_member;
 
 typedef struct {
@@ -131,6 +132,10 @@ void evo_free(evo_island *is);
 void evo_generation(evo_island *is, uint32_t generation);
 /* Replaces the fitness batch and re-scores the population. */
 void evo_set_batch(evo_island *is, const evo_images *batch);
+/* Sets the confirmation batch (borrowed, like the batch; none = count 0): with
+ * evolution.significance, a candidate that wins its paired test on the batch must win
+ * it again on these images. */
+void evo_set_confirmation(evo_island *is, const evo_images *confirm);
 /* Scores a migrant on this island's batch and lets it in by the policy (and, with
  * evolution.significance, only if it is significantly better than the member it would
  * replace, image by image); returns 1 if it replaced a member. */

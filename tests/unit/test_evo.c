@@ -190,7 +190,16 @@ static void test_paired(net *nt, const quant *q, const data_set *ds)
     quant_nearest(q, start);
     net_acts *work = net_acts_create(nt, 64);
     float *base = qv_malloc(sizeof(float) * 40);
-    for (int k = 0; k < 2; k++) {
+    /* Confirmation images: 24 others, disjoint from the batch. */
+    evo_images confirm;
+    int rows[24];
+    for (int i = 0; i < 24; i++)
+        rows[i] = 40 + i;
+    evo_images all;
+    prepare_first(&all, ds, nt, q, 64);
+    evo_images_subset(&confirm, &all, rows, 24, nt);
+    evo_images_free(&all);
+    for (int k = 0; k < 3; k++) {
         config c = base_config();
         c.evolution.rate = 0.01;
         c.evolution.cache_mb = 64;
@@ -199,6 +208,8 @@ static void test_paired(net *nt, const quant *q, const data_set *ds)
         qv_err err;
         evo_island *is = evo_create(nt, q, start, &c, &im, 0, &err);
         QV_ASSERT(is);
+        if (k == 2)
+            evo_set_confirmation(is, &confirm);
         memcpy(base, evo_member_at(is, 0)->loss, sizeof(float) * 40);
         for (uint32_t g = 1; g <= 20; g++)
             evo_generation(is, g);
@@ -220,10 +231,19 @@ static void test_paired(net *nt, const quant *q, const data_set *ds)
             fit_totals t = evo_score(nt, q, best->codes, &im, work, NULL);
             CHECKF(fabs(sum - t.kl) <= 1e-4 * fabs(t.kl) + 1e-9, "losses %g, KL %g", sum, t.kl);
         }
+        if (k == 2 && memcmp(best->codes, start, quant_size(q)) != 0) {
+            /* Every accepted step was confirmed on the other images: the best state is
+             * better than the start there too. */
+            fit_totals t0 = evo_score(nt, q, start, &confirm, work, NULL);
+            fit_totals t1 = evo_score(nt, q, best->codes, &confirm, work, NULL);
+            CHECKF(t1.kl < t0.kl, "confirmed best %g, start %g on the confirmation images",
+                   t1.kl, t0.kl);
+        }
         evo_free(is);
         config_free(&c);
     }
     free(base);
+    evo_images_free(&confirm);
     net_acts_free(work);
     free(start);
     evo_images_free(&im);
