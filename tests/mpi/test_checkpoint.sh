@@ -122,5 +122,23 @@ run 2 "$tmp/sig" --set stop.generations=180 >"$tmp/two.log" 2>&1 && ok ||
     bad "resume on 2 ranks: $(tail -3 "$tmp/two.log")"
 grep -q "rank 0 <- islands 0 2" "$tmp/two.log" && ok || bad "no mapping message for 4 -> 2"
 
+# Paired selection with a confirmation batch and redraws: members carry per-image losses,
+# which a checkpoint does not hold; a resumed run recomputes them on the saved draw's
+# batches and ends exactly as a run never stopped.
+paired=(--set evolution.significance=0.5 --set data.confirmation_batch=32
+        --set data.redraw_every=7 --set stop.generations=60)
+run 2 "$tmp/pref" "${paired[@]}" >"$tmp/pref.log" 2>&1 && ok ||
+    bad "paired reference run: $(tail -3 "$tmp/pref.log")"
+run 2 "$tmp/pres" "${paired[@]}" --set stop.generations=25 >"$tmp/pres1.log" 2>&1 && ok ||
+    bad "paired first part: $(tail -3 "$tmp/pres1.log")"
+run 2 "$tmp/pres" "${paired[@]}" >"$tmp/pres2.log" 2>&1 && ok ||
+    bad "paired resume: $(tail -3 "$tmp/pres2.log")"
+grep -q "^resuming from $tmp/pres/checkpoints/gen-00000025" "$tmp/pres2.log" && ok ||
+    bad "the paired run did not resume from generation 25: $(head -3 "$tmp/pres2.log")"
+same_result "$tmp/pref" "$tmp/pres" && ok ||
+    bad "a resumed paired run with redraws differs from the uninterrupted one"
+cmp -s "$tmp/pref/best.safetensors" "$tmp/pres/best.safetensors" && ok ||
+    bad "resumed paired best.safetensors differs"
+
 echo "test_checkpoint: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
