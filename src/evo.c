@@ -983,6 +983,7 @@ void evo_set_batch(evo_island *is, const evo_images *batch)
         quant_apply(is->q, is->nt, is->pop[i].codes);
         score_member(is, &is->pop[i], full_pass(is, slot, paired(is) ? is->pop[i].loss : NULL));
         is->pop[i].loss_valid = paired(is);
+        is->pop[i].closs_valid = false; /* a new batch comes with a new confirmation batch */
         is->pop[i].cache = slot;
     }
     qsort(is->pop, (size_t)is->mu, sizeof(evo_member), cmp_members);
