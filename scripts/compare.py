@@ -14,7 +14,9 @@ qevo started from AdaRound's codes, with the wall time of each method.
 3. `qevo-island CONFIG --set start=<AdaRound model>` into OUT/qevo-from-adaround, for
    --from-adaround-seconds of wall time (0 = the config's stop rule);
 4. `qevo eval` of AdaRound's model on the test split; the other figures come from the
-   runs' result.json (scored on the test split once, at the end).
+   runs' result.json (scored on the test split once, at the end); on Fashion-MNIST's
+   whole test split, scripts/paired.py compares qevo's two models with AdaRound's image
+   by image (McNemar for classifiers, paired t for autoencoders).
 
 Every run starts fresh: run folders an earlier compare left in OUT are removed first
 (qevo-island would otherwise resume from their checkpoints).
@@ -27,6 +29,8 @@ import shutil
 import subprocess
 import sys
 import time
+
+import paired
 
 
 def run(cmd, log):
@@ -111,11 +115,18 @@ def main():
             ("qevo from AdaRound", res_ada["scores"]["test"]["evolved"][metric],
              wall["adaround"] + wall["qevo_from_adaround"])]
     gap = test["float"][metric] - test["nearest"][metric]
+    vs_peer = {}
+    if cfg["data"]["test"] == "fashion-mnist:test" and not cfg["data"]["test_size"]:
+        # image by image against the peer: a = qevo's model, b = AdaRound's
+        vs_peer = {"qevo": paired.paired(f"{out}/qevo/best.safetensors", ada_model, args.build),
+                   "qevo_from_adaround": paired.paired(
+                       f"{out}/qevo-from-adaround/best.safetensors", ada_model, args.build)}
     summary = {"config": args.config, "ranks": args.ranks, "metric": metric,
                "quantizer": q, "calibration_images": cfg["data"]["fitness_size"],
                "rows": [{"method": m, "test": v, "wall_seconds": w} for m, v, w in rows],
                "paired": {"qevo": res.get("test_paired"),
-                          "qevo_from_adaround": res_ada.get("test_paired")}}
+                          "qevo_from_adaround": res_ada.get("test_paired")},
+               "paired_vs_adaround": vs_peer}
     with open(f"{out}/compare.json.tmp", "w") as f:
         json.dump(summary, f, indent=1)
     os.replace(f"{out}/compare.json.tmp", f"{out}/compare.json")
@@ -126,6 +137,9 @@ def main():
         share = (v - test["nearest"][metric]) / gap + 0.0 if gap else 0.0  # no "-0%"
         fmt = f"{v:.4f}" if metric == "accuracy" else f"{v:.6f}"
         print(f"| {m} | {fmt} | {share:.0%} | {'' if w is None else f'{w:.0f} s'} |")
+    for m, r in vs_peer.items():
+        print(f"{m} vs AdaRound, image by image: " + "  ".join(
+            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()))
 
 
 if __name__ == "__main__":
