@@ -92,6 +92,11 @@ static const field fields[] = {
     F("fitness.temperature", T_NUM, fitness.temperature, "1", 0, 100, 1, NULL,
       "temperature T of the KL (softmaxes of logits / T, scaled by T^2): T > 1 also weighs "
       "the classes the float model finds unlikely"),
+    F("fitness.features", T_NUM, fitness.features, "0", 0, 1e6, 0, NULL,
+      "classifiers, kl or cross_entropy: weight of a feature term added per image to the island "
+      "fitness: the squared error of the last conv/linear layer's input against the float "
+      "model's, relative to its mean squared norm over the shard (far more numbers per image "
+      "than the logits); validation and test are scored without it; 0 = off"),
     F("evolution.population", T_INT, evolution.population, "4", 1, 100000, 0, NULL,
       "parents per island (mu)"),
     F("evolution.offspring", T_INT, evolution.offspring, "8", 1, 100000, 0, NULL,

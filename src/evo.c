@@ -55,9 +55,53 @@ void evo_images_prepare(evo_images *im, const data_set *ds, const int *idx, int 
     qv_free_aligned(saved);
 }
 
+/* Image j's copy of node k's input in a pass of n images in a: (feat_dim). Activations
+ * are CNHW per block of net_block_images() images. */
+static void node_input_of(const net *nt, const net_acts *a, int k, int n, int j, float *out)
+{
+    const net_node *nd = net_node_at(nt, k);
+    int block = net_block_images(nt), b0 = j / block * block;
+    int nb = n - b0 < block ? n - b0 : block;
+    size_t hw = (size_t)nd->in.h * nd->in.w;
+    const float *x = net_node_input(nt, a, k, b0);
+    for (int c = 0; c < nd->in.c; c++)
+        memcpy(out + (size_t)c * hw, x + ((size_t)c * nb + (size_t)(j - b0)) * hw,
+               sizeof(float) * hw);
+}
+
+void evo_images_add_features(evo_images *im, net *nt, const quant *q, int eval_batch,
+                             double weight)
+{
+    im->feat_node = quant_layer_at(q, quant_layer_count(q) - 1)->node;
+    im->feat_dim = (int)per_image(net_node_at(nt, im->feat_node)->in);
+    size_t dim = (size_t)im->feat_dim, in_per = per_image(net_input_dims(nt));
+    im->feat = qv_malloc_aligned(sizeof(float) * dim * (size_t)(im->count ? im->count : 1));
+    float *saved = qv_malloc_aligned(sizeof(float) * quant_size(q) + 64);
+    memcpy(saved, net_weights(nt), sizeof(float) * quant_size(q));
+    apply_reference(nt, q);
+    net_acts *a = net_acts_create(nt, eval_batch);
+    double norm = 0.0;
+    for (int b0 = 0; b0 < im->count; b0 += eval_batch) {
+        int n = im->count - b0 < eval_batch ? im->count - b0 : eval_batch;
+        net_forward(nt, a, im->x + (size_t)b0 * in_per, n);
+        for (int j = 0; j < n; j++) {
+            float *f = im->feat + (size_t)(b0 + j) * dim;
+            node_input_of(nt, a, im->feat_node, n, j, f);
+            for (size_t d = 0; d < dim; d++)
+                norm += (double)f[d] * f[d];
+        }
+    }
+    net_acts_free(a);
+    memcpy(net_weights(nt), saved, sizeof(float) * quant_size(q));
+    qv_free_aligned(saved);
+    norm = im->count ? norm / im->count : 0.0;
+    im->feat_weight = norm > 0.0 ? weight / norm : 0.0;
+}
+
 void evo_images_free(evo_images *im)
 {
     qv_free_aligned(im->x);
+    qv_free_aligned(im->feat);
     qv_free_aligned(im->teacher);
     qv_free_aligned(im->target);
     free(im->labels);
@@ -88,14 +132,18 @@ void evo_images_subset(evo_images *dst, const evo_images *src, const int *rows, 
     dst->labels = gather_rows(src->labels, sizeof(int32_t), rows, count, false);
     dst->teacher = gather_rows(src->teacher, sizeof(float) * out_per, rows, count, true);
     dst->target = gather_rows(src->target, sizeof(float) * out_per, rows, count, true);
+    dst->feat = gather_rows(src->feat, sizeof(float) * (size_t)src->feat_dim, rows, count, true);
+    dst->feat_node = src->feat_node;
+    dst->feat_dim = src->feat_dim;
+    dst->feat_weight = src->feat_weight;
 }
 
 /* The selection loss of one image's totals: what the fitness kind ranks by. */
 static double image_loss(fit_kind kind, const fit_totals *t)
 {
     switch (kind) {
-    case FIT_KL: return t->kl;
-    case FIT_CROSS_ENTROPY:
+    case FIT_KL: return t->kl + t->feat;
+    case FIT_CROSS_ENTROPY: return t->ce + t->feat;
     case FIT_ACCURACY: return t->ce; /* correct/wrong is too coarse to pair */
     case FIT_MSE:
     case FIT_PSNR: return t->sq_err;
@@ -103,14 +151,37 @@ static double image_loss(fit_kind kind, const fit_totals *t)
     return 0;
 }
 
-/* Adds the scores of images [b0, b0+n) of im whose outputs are in a; with loss, also
- * writes each image's loss (under kind) to loss[b0 + i]. */
+/* What a scoring pass records beside the totals. */
+typedef struct {
+    fit_kind kind;
+    float *loss;           /* per-image losses under kind, or NULL */
+    double *ferr;           /* per-image feature terms (images with features), or NULL */
+    const double *ferr_same; /* feature terms to take as they are: the pass did not
+                             * recompute the feature node's input (or NULL) */
+} score_out;
+
+/* The feature term of image j (of a pass of n in a) whose features are f_ref. */
+static double feature_term(const net *nt, const net_acts *a, const evo_images *im, int n, int j,
+                           const float *f_ref, float *scratch)
+{
+    node_input_of(nt, a, im->feat_node, n, j, scratch);
+    double e = 0.0;
+    for (int d = 0; d < im->feat_dim; d++) {
+        double diff = (double)scratch[d] - f_ref[d];
+        e += diff * diff;
+    }
+    return im->feat_weight * e;
+}
+
+/* Adds the scores of images [b0, b0+n) of im whose outputs are in a; o (or NULL) says
+ * what else to record. Per-image work only where a loss or a feature term asks for it. */
 static void score_chunk(const net *nt, const net_acts *a, const evo_images *im, int b0, int n,
-                        float *y, fit_totals *t, fit_kind kind, float *loss)
+                        float *y, fit_totals *t, const score_out *o)
 {
     size_t out_per = per_image(net_output_dims(nt));
     net_output(nt, a, n, y);
-    if (loss) { /* image by image: the same totals, plus each image's own */
+    if ((o && o->loss) || im->feat) { /* image by image: the same totals, plus each image's */
+        float *scratch = im->feat ? qv_malloc(sizeof(float) * (size_t)im->feat_dim) : NULL;
         for (int i = 0; i < n; i++) {
             fit_totals one = {0};
             const float *yi = y + (size_t)i * out_per;
@@ -120,9 +191,19 @@ static void score_chunk(const net *nt, const net_acts *a, const evo_images *im, 
                              im->temperature, &one);
             else
                 fit_reconstruct(yi, im->target + row, out_per, 1, &one);
-            loss[b0 + i] = (float)image_loss(kind, &one);
+            if (im->feat) {
+                one.feat = o && o->ferr_same
+                               ? o->ferr_same[b0 + i]
+                               : feature_term(nt, a, im, n, i,
+                                              im->feat + (size_t)(b0 + i) * im->feat_dim, scratch);
+                if (o && o->ferr)
+                    o->ferr[b0 + i] = one.feat;
+            }
+            if (o && o->loss)
+                o->loss[b0 + i] = (float)image_loss(o->kind, &one);
             fit_add(t, &one);
         }
+        free(scratch);
         return;
     }
     if (net_get_task(nt) == NET_CLASSIFY)
@@ -171,7 +252,7 @@ fit_totals evo_score_weights(const net *nt, const evo_images *im, net_acts *work
     for (int b0 = 0; b0 < im->count; b0 += batch) {
         int n = im->count - b0 < batch ? im->count - b0 : batch;
         net_forward(nt, work, im->x + (size_t)b0 * in_per, n);
-        score_chunk(nt, work, im, b0, n, y, &t, FIT_KL, NULL);
+        score_chunk(nt, work, im, b0, n, y, &t, NULL);
         if (per_image_out)
             per_image_scores(nt, im, b0, n, y, per_image_out);
     }
@@ -183,11 +264,11 @@ evo_key evo_key_of(fit_kind kind, const fit_totals *t)
 {
     evo_key k = {{0, 0}};
     switch (kind) {
-    case FIT_KL:
-        k.k[0] = fit_mean_kl(t);
+    case FIT_KL: /* plus the feature term, where the images have one */
+        k.k[0] = t->images ? (t->kl + t->feat) / t->images : 0.0;
         break;
     case FIT_CROSS_ENTROPY:
-        k.k[0] = fit_mean_ce(t);
+        k.k[0] = t->images ? (t->ce + t->feat) / t->images : 0.0;
         break;
     case FIT_ACCURACY:
         k.k[0] = -t->correct;
@@ -404,6 +485,7 @@ struct evo_island {
     uint32_t *changed;       /* scratch, n */
     float *import_loss;      /* per-image losses of an arriving migrant */
     float *import_closs;     /* its losses on the confirmation batch */
+    double *import_ferr;     /* its feature terms */
     double rate;
     uint64_t next_id;
     /* Activation caches: slots of cut-node storage, each one net_acts per chunk. */
@@ -443,15 +525,16 @@ static void release(evo_island *is, evo_member *m)
 
 /* Full passes over the batch with the weights now in the net; fills slot s if >= 0 and
  * per-image losses if loss is not NULL. */
-static fit_totals full_pass(evo_island *is, int s, float *loss)
+static fit_totals full_pass(evo_island *is, int s, float *loss, double *ferr)
 {
+    score_out o = {is->c->fitness.kind, loss, ferr, NULL};
     fit_totals t = {0};
     size_t in_per = per_image(net_input_dims(is->nt));
     int b = net_acts_batch(is->work);
     for (int c = 0; c < is->chunks; c++) {
         int n = chunk_size(is, c);
         net_forward(is->nt, is->work, is->batch->x + (size_t)c * b * in_per, n);
-        score_chunk(is->nt, is->work, is->batch, c * b, n, is->y, &t, is->c->fitness.kind, loss);
+        score_chunk(is->nt, is->work, is->batch, c * b, n, is->y, &t, &o);
         if (s >= 0)
             net_acts_copy(is->nt, is->work, is->slots[s][c], 0, net_node_count(is->nt), n);
     }
@@ -474,7 +557,7 @@ static void give_cache(evo_island *is, evo_member *m)
     if (s < 0)
         return;
     quant_apply(is->q, is->nt, m->codes);
-    full_pass(is, s, paired(is) ? m->loss : NULL);
+    full_pass(is, s, paired(is) ? m->loss : NULL, m->ferr);
     m->loss_valid = paired(is);
     m->cache = s;
     is->stats.cache_builds++;
@@ -482,15 +565,19 @@ static void give_cache(evo_island *is, evo_member *m)
 
 /* Scores codes (already in the net) resuming from parent's cache at node first. */
 static fit_totals resumed_pass(evo_island *is, const evo_member *parent, int first,
-                               float *loss)
+                               float *loss, double *ferr)
 {
     fit_totals t = {0};
     int r = net_resume_node(is->nt, first);
+    /* A pass from r recomputes the feature node's input only if its producer is at or
+     * after r; otherwise the parent's feature terms hold. */
+    const evo_images *im = is->batch;
+    bool same = im->feat && net_node_at(is->nt, im->feat_node)->inputs[0] < r;
+    score_out o = {is->c->fitness.kind, loss, ferr, same ? parent->ferr : NULL};
     for (int c = 0; c < is->chunks; c++) {
         int n = chunk_size(is, c);
         net_forward_from(is->nt, r, is->slots[parent->cache][c], is->work, n);
-        score_chunk(is->nt, is->work, is->batch, c * net_acts_batch(is->work), n, is->y, &t,
-                    is->c->fitness.kind, loss);
+        score_chunk(is->nt, is->work, is->batch, c * net_acts_batch(is->work), n, is->y, &t, &o);
     }
     for (int k = r; k < net_node_count(is->nt); k++)
         is->stats.flops += net_node_at(is->nt, k)->flops * is->batch->count;
@@ -509,12 +596,13 @@ static void confirm_pass(evo_island *is, float *loss)
 {
     const evo_images *im = is->confirm;
     fit_totals t = {0};
+    score_out o = {is->c->fitness.kind, loss, NULL, NULL};
     size_t in_per = per_image(net_input_dims(is->nt));
     int b = net_acts_batch(is->work);
     for (int b0 = 0; b0 < im->count; b0 += b) {
         int n = im->count - b0 < b ? im->count - b0 : b;
         net_forward(is->nt, is->work, im->x + (size_t)b0 * in_per, n);
-        score_chunk(is->nt, is->work, im, b0, n, is->y, &t, is->c->fitness.kind, loss);
+        score_chunk(is->nt, is->work, im, b0, n, is->y, &t, &o);
     }
     is->stats.flops += net_flops(is->nt) * im->count;
 }
@@ -536,7 +624,7 @@ static void ensure_losses(evo_island *is, evo_member *m)
     if (m->loss_valid)
         return;
     quant_apply(is->q, is->nt, m->codes);
-    full_pass(is, -1, m->loss);
+    full_pass(is, -1, m->loss, m->ferr);
     m->loss_valid = true;
 }
 
@@ -677,6 +765,7 @@ static void alloc_members(evo_island *is, evo_member *m, int count)
     for (int i = 0; i < count; i++) {
         m[i].codes = qv_malloc(is->n ? is->n : 1);
         m[i].loss = qv_malloc(sizeof(float) * (size_t)(is->batch->count ? is->batch->count : 1));
+        m[i].ferr = qv_calloc((size_t)(is->batch->count ? is->batch->count : 1), sizeof(double));
         m[i].cache = -1;
     }
 }
@@ -687,6 +776,7 @@ static void free_members(evo_member *m, int count)
         free(m[i].codes);
         free(m[i].loss);
         free(m[i].closs);
+        free(m[i].ferr);
     }
 }
 
@@ -721,15 +811,17 @@ evo_island *evo_create(net *nt, const quant *q, const int8_t *start, const confi
     is->kid_first = qv_malloc(sizeof(int) * (size_t)is->lambda);
     is->kid_layer = qv_malloc(sizeof(int) * (size_t)is->lambda);
     is->import_loss = qv_malloc(sizeof(float) * (size_t)(batch->count ? batch->count : 1));
+    is->import_ferr = qv_calloc((size_t)(batch->count ? batch->count : 1), sizeof(double));
     alloc_members(is, is->pop, is->mu);
     alloc_members(is, is->kids, is->lambda);
     init_slots(is);
     /* Every member starts as the start state: score it once, share the score. */
     quant_apply(q, nt, start);
-    fit_totals t = full_pass(is, -1, is->pop[0].loss);
+    fit_totals t = full_pass(is, -1, is->pop[0].loss, is->pop[0].ferr);
     for (int i = 0; i < is->mu; i++) {
         memcpy(is->pop[i].codes, start, is->n);
         memcpy(is->pop[i].loss, is->pop[0].loss, sizeof(float) * (size_t)batch->count);
+        memcpy(is->pop[i].ferr, is->pop[0].ferr, sizeof(double) * (size_t)batch->count);
         is->pop[i].loss_valid = paired(is);
         score_member(is, &is->pop[i], t);
         is->pop[i].id = is->next_id++;
@@ -745,6 +837,7 @@ void evo_free(evo_island *is)
     free_members(is->kids, is->lambda);
     free(is->import_loss);
     free(is->import_closs);
+    free(is->import_ferr);
     for (int s = 0; s < is->nslots; s++) {
         for (int c = 0; c < is->chunks; c++)
             net_acts_free(is->slots[s][c]);
@@ -866,8 +959,9 @@ static void evaluate_kid(evo_island *is, int j)
         ensure_losses(is, parent);
     quant_apply(is->q, is->nt, kid->codes);
     int resume = net_resume_node(is->nt, is->kid_first[j]);
-    fit_totals t = parent->cache >= 0 ? resumed_pass(is, parent, is->kid_first[j], loss)
-                                      : full_pass(is, -1, loss);
+    fit_totals t = parent->cache >= 0
+                       ? resumed_pass(is, parent, is->kid_first[j], loss, kid->ferr)
+                       : full_pass(is, -1, loss, kid->ferr);
     score_member(is, kid, t);
     kid->loss_valid = loss != NULL;
     kid->closs_valid = false;
@@ -981,7 +1075,8 @@ void evo_set_batch(evo_island *is, const evo_images *batch)
     for (int i = 0; i < is->mu; i++) {
         int slot = acquire_slot(is);
         quant_apply(is->q, is->nt, is->pop[i].codes);
-        score_member(is, &is->pop[i], full_pass(is, slot, paired(is) ? is->pop[i].loss : NULL));
+        score_member(is, &is->pop[i],
+                     full_pass(is, slot, paired(is) ? is->pop[i].loss : NULL, is->pop[i].ferr));
         is->pop[i].loss_valid = paired(is);
         is->pop[i].closs_valid = false; /* a new batch comes with a new confirmation batch */
         is->pop[i].cache = slot;
@@ -996,7 +1091,7 @@ int evo_import(evo_island *is, const int8_t *codes, migrate_policy policy)
     if (paired(is))
         ensure_losses(is, worst);
     quant_apply(is->q, is->nt, codes);
-    fit_totals t = full_pass(is, -1, paired(is) ? is->import_loss : NULL);
+    fit_totals t = full_pass(is, -1, paired(is) ? is->import_loss : NULL, is->import_ferr);
     is->stats.evaluations++;
     is->stats.migrants_in++;
     is->stats.eval_seconds += qv_now() - t0;
@@ -1014,6 +1109,9 @@ int evo_import(evo_island *is, const int8_t *codes, migrate_policy policy)
         confirm_pass(is, is->import_closs);
     release(is, worst);
     memcpy(worst->codes, codes, is->n);
+    double *swap_f = worst->ferr; /* the migrant's feature terms become the member's */
+    worst->ferr = is->import_ferr;
+    is->import_ferr = swap_f;
     if (paired(is)) { /* the migrant's losses become the member's */
         float *swap = worst->loss;
         worst->loss = is->import_loss;

@@ -145,6 +145,10 @@ static int check_sizes(run_state *s, qv_err *err)
     if (classify && (k == FIT_MSE || k == FIT_PSNR))
         return qv_fail(err, "fitness.kind: \"%s\" scores reconstructions, but %s is a classifier "
                        "(use kl, cross_entropy or accuracy)", config_fit_name(k), c->model);
+    if (c->fitness.features > 0 && (!classify || (k != FIT_KL && k != FIT_CROSS_ENTROPY)))
+        return qv_fail(err, "fitness.features: the feature term is for classifiers scored by kl or "
+                       "cross_entropy, found fitness.kind \"%s\" on %s", config_fit_name(k),
+                       c->model);
     if (!classify && k != FIT_MSE && k != FIT_PSNR)
         return qv_fail(err, "fitness.kind: \"%s\" scores classifiers, but %s is an autoencoder "
                        "(use mse or psnr)", config_fit_name(k), c->model);
@@ -284,6 +288,9 @@ static int setup_islands(run_state *s, qv_err *err)
     make_splits(s);
     evo_images_prepare(&s->shard_im, s->train, s->shard, s->shard_count, s->nt, s->q,
                        s->cfg.data.eval_batch, s->cfg.fitness.temperature);
+    if (s->cfg.fitness.features > 0)
+        evo_images_add_features(&s->shard_im, s->nt, s->q, s->cfg.data.eval_batch,
+                                s->cfg.fitness.features);
     if (s->cfg.reconstruction.sweeps && !s->dry_run)
         reconstruct_start(s);
     run_draw_batch(s, 0, &s->batch, &s->confirm);

@@ -46,6 +46,7 @@ typedef struct {
     struct {
         fit_kind kind;
         double temperature;   /* of the KL to the float model */
+        double features;      /* weight of the feature term of the island fitness; 0 = off */
     } fitness;
     struct {
         int population;       /* mu */

@@ -27,6 +27,12 @@ typedef struct {
     float *teacher;  /* (count, classes) log-probabilities of the float model, classifiers */
     float *target;   /* (count, C*H*W) the images in [0, 1], autoencoders */
     double temperature; /* of the KL to the teacher */
+    /* Feature term (fitness.features), or feat NULL: the float model's input of node
+     * feat_node for each image, (count, feat_dim); an image's term is feat_weight times
+     * its squared error. */
+    float *feat;
+    int feat_node, feat_dim;
+    double feat_weight;
 } evo_images;
 
 /* Prepares images idx[0..count) of ds. The float teacher's outputs (log-probabilities at
@@ -34,6 +40,10 @@ typedef struct {
  * restored afterwards. */
 void evo_images_prepare(evo_images *im, const data_set *ds, const int *idx, int count,
                         net *nt, const quant *q, int eval_batch, double temperature);
+/* Adds the feature term to prepared images: the float model's input of the last
+ * conv/linear layer, and feat_weight = weight / (its mean squared norm over im). */
+void evo_images_add_features(evo_images *im, net *nt, const quant *q, int eval_batch,
+                             double weight);
 void evo_images_free(evo_images *im);
 /* dst = rows[0..count) of src (copies; src must outlive nothing). */
 void evo_images_subset(evo_images *dst, const evo_images *src, const int *rows, int count,
@@ -105,6 +115,7 @@ typedef struct {
     uint64_t born;  /* generation it was created */
     float *loss;    /* per-image loss on the batch (paired selection), when loss_valid */
     float *closs;   /* the same on the confirmation batch, when closs_valid */
+    double *ferr;   /* per-image feature terms on the batch, when the batch has features */
     bool loss_valid, closs_valid;
 } evo_member;
 

@@ -19,9 +19,10 @@ typedef struct {
     double kl;       /* classify: summed KL(teacher || model), nats (teacher given) */
     double sq_err;   /* reconstruct: summed squared error */
     double values;   /* reconstruct: number of values compared */
+    double feat;     /* classify: summed weighted feature error (fitness.features), 0 if off */
 } fit_totals;
 
-#define FIT_TOTALS_FIELDS 6 /* doubles in fit_totals, for MPI reductions */
+#define FIT_TOTALS_FIELDS 7 /* doubles in fit_totals, for MPI reductions */
 
 void fit_add(fit_totals *acc, const fit_totals *t);
 

@@ -104,7 +104,7 @@ static void prepare_first(evo_images *im, const data_set *ds, net *nt, const qua
 
 /* After generations of incremental evaluation, every member's score equals a full pass. */
 static void test_island(net *nt, const quant *q, const data_set *ds, sel_kind sel, int cache_mb,
-                        layer_choice layers, double significance)
+                        layer_choice layers, double significance, double features)
 {
     config c = base_config();
     c.evolution.significance = significance;
@@ -117,12 +117,21 @@ static void test_island(net *nt, const quant *q, const data_set *ds, sel_kind se
     c.data.eval_batch = 64;
     evo_images im;
     prepare_first(&im, ds, nt, q, 40);
+    if (features > 0)
+        evo_images_add_features(&im, nt, q, 64, features);
     int8_t *start = qv_malloc(quant_size(q));
     quant_nearest(q, start);
     qv_err err;
     evo_island *is = evo_create(nt, q, start, &c, &im, 0, &err);
     QV_ASSERT(is);
     net_acts *work = net_acts_create(nt, 64);
+    if (features > 0) {
+        /* The float model has no feature error; the start has some. */
+        memcpy(net_weights(nt), quant_reference(q), sizeof(float) * quant_size(q));
+        fit_totals f = evo_score_weights(nt, &im, work, NULL);
+        CHECKF(f.feat == 0.0 && evo_member_at(is, 0)->totals.feat > 0.0,
+               "feature term: float %g, start %g", f.feat, evo_member_at(is, 0)->totals.feat);
+    }
     evo_key elite = evo_member_at(is, 0)->key;
     int elite_lost = 0, mismatched = 0;
     for (uint32_t g = 1; g <= 12; g++) {
@@ -319,12 +328,16 @@ int main(void)
     quant *q = quant_create(nt, &qs);
     data_set *ds = mb_random_images(64, 8, 8, 9);
     test_operators(q);
-    test_island(nt, q, ds, SEL_PLUS, 64, LAYERS_PROPORTIONAL, 0);
-    test_island(nt, q, ds, SEL_COMMA, 64, LAYERS_UNIFORM, 0);
-    test_island(nt, q, ds, SEL_PLUS, 0, LAYERS_ADAPTIVE, 0);
-    test_island(nt, q, ds, SEL_PLUS, 64, LAYERS_ADAPTIVE, 0);
-    test_island(nt, q, ds, SEL_PLUS, 64, LAYERS_ADAPTIVE, 1.0);
-    test_island(nt, q, ds, SEL_PLUS, 0, LAYERS_PROPORTIONAL, 1.0);
+    test_island(nt, q, ds, SEL_PLUS, 64, LAYERS_PROPORTIONAL, 0, 0);
+    test_island(nt, q, ds, SEL_COMMA, 64, LAYERS_UNIFORM, 0, 0);
+    test_island(nt, q, ds, SEL_PLUS, 0, LAYERS_ADAPTIVE, 0, 0);
+    test_island(nt, q, ds, SEL_PLUS, 64, LAYERS_ADAPTIVE, 0, 0);
+    test_island(nt, q, ds, SEL_PLUS, 64, LAYERS_ADAPTIVE, 1.0, 0);
+    test_island(nt, q, ds, SEL_PLUS, 0, LAYERS_PROPORTIONAL, 1.0, 0);
+    /* The feature term: incremental scores (a mutation in the last layer keeps the
+     * parent's feature terms) equal full passes, with and without paired selection. */
+    test_island(nt, q, ds, SEL_PLUS, 64, LAYERS_UNIFORM, 0, 1.0);
+    test_island(nt, q, ds, SEL_PLUS, 64, LAYERS_UNIFORM, 1.0, 1.0);
     test_paired(nt, q, ds);
     test_cache_neutral(nt, q, ds);
     test_layer_names(nt, q, ds);
