@@ -1,5 +1,6 @@
 #include "qevo/evo.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1195,22 +1196,47 @@ void evo_state_write(const evo_island *is, unsigned char *p)
     }
 }
 
+int evo_state_check(const evo_island *is, const unsigned char *buf, size_t len, qv_err *err)
+{
+    const unsigned char *p = buf;
+    uint32_t mu;
+    uint64_t n;
+    size_t fixed = 28 + sizeof(evo_stats) + layer_state_bytes(is);
+    if (len < fixed)
+        return qv_fail(err, "island state of %zu bytes, shorter than its %zu-byte header", len,
+                       fixed);
+    GET(p, mu);
+    GET(p, n);
+    if (n != is->n)
+        return qv_fail(err, "island state of %llu weights; this model has %zu",
+                       (unsigned long long)n, is->n);
+    if (mu == 0 || (len - fixed) % member_bytes(is->n) || (len - fixed) / member_bytes(is->n) != mu)
+        return qv_fail(err, "island state of %u members in %zu bytes; expected at least one "
+                       "member of %zu bytes", mu, len - fixed, member_bytes(is->n));
+    for (uint32_t m = 0; m < mu; m++) {
+        const unsigned char *member = buf + fixed + m * member_bytes(is->n);
+        double totals[FIT_TOTALS_FIELDS];
+        memcpy(totals, member + 16, sizeof totals);
+        for (int f = 0; f < FIT_TOTALS_FIELDS; f++)
+            if (!isfinite(totals[f]))
+                return qv_fail(err, "island state: member %u has a score that is not finite", m);
+        if (quant_check_codes(is->q, (const int8_t *)(member + member_bytes(is->n) - is->n), err))
+            return qv_wrap(err, "island state: member %u", m);
+    }
+    return 0;
+}
+
 int evo_state_read(evo_island *is, const unsigned char *const *bufs, const size_t *lens,
                    int count, qv_err *err)
 {
     int total = 0;
     for (int k = 0; k < count; k++) {
-        const unsigned char *p = bufs[k];
+        if (evo_state_check(is, bufs[k], lens[k], err))
+            return qv_wrap(err, "saved island %d", k);
         uint32_t mu;
-        uint64_t n;
-        if (lens[k] < 20)
-            return qv_fail(err, "saved island %d: truncated state", k);
-        GET(p, mu);
-        GET(p, n);
-        if (n != is->n ||
-            lens[k] != 28 + sizeof(evo_stats) + layer_state_bytes(is) + mu * member_bytes(is->n))
-            return qv_fail(err, "saved island %d: state of %llu weights x %u members does not "
-                           "fit this model (%zu weights)", k, (unsigned long long)n, mu, is->n);
+        memcpy(&mu, bufs[k], sizeof mu);
+        if (mu > (uint32_t)(INT_MAX - total))
+            return qv_fail(err, "saved islands: more than %d members together", INT_MAX);
         total += (int)mu;
     }
     evo_member *all = qv_calloc((size_t)total, sizeof(evo_member));

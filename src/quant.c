@@ -241,6 +241,15 @@ const float *quant_scale_of(const quant *q) { return q->scale_of; }
 const int8_t *quant_lo_of(const quant *q) { return q->lo_of; }
 const int8_t *quant_hi_of(const quant *q) { return q->hi_of; }
 
+int quant_check_codes(const quant *q, const int8_t *codes, qv_err *err)
+{
+    for (size_t i = 0; i < q->size; i++)
+        if (codes[i] < q->lo_of[i] || codes[i] > q->hi_of[i])
+            return qv_fail(err, "weight %zu has code %d outside its range [%d, %d]", i, codes[i],
+                           q->lo_of[i], q->hi_of[i]);
+    return 0;
+}
+
 const quant_layer *quant_layer_at(const quant *q, int i)
 {
     QV_ASSERT(i >= 0 && i < q->count);

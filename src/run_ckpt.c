@@ -3,6 +3,8 @@
  * from the newest whole one, also on another number of ranks. */
 #define _POSIX_C_SOURCE 200809L
 #include <jansson.h>
+#include <limits.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -32,15 +34,6 @@ static void island_name(char *buf, size_t cap, int island)
 
 /* ---- Writing ---- */
 
-typedef struct {
-    uint32_t version, island;
-    uint64_t generation;
-    uint32_t draws, validated_once;
-    uint64_t validated_id;
-    uint64_t states_sent, bytes_sent;
-    uint32_t nmig, pad;
-} island_header;
-
 static unsigned char *island_payload(const run_state *s, size_t *len)
 {
     island_header h = {1, (uint32_t)s->rank, (uint64_t)s->generation, s->draws,
@@ -58,6 +51,26 @@ static unsigned char *island_payload(const run_state *s, size_t *len)
     }
     evo_state_write(s->is, p);
     return buf;
+}
+
+int island_blob_parse(const unsigned char *buf, size_t len, const char *file, island_blob *b,
+                      qv_err *err)
+{
+    if (len < sizeof b->h)
+        return qv_fail(err, "%s: %zu bytes, shorter than the %zu-byte island header", file, len,
+                       sizeof b->h);
+    memcpy(&b->h, buf, sizeof b->h);
+    if (b->h.version != 1)
+        return qv_fail(err, "%s: island state version %u; this qevo reads version 1", file,
+                       b->h.version);
+    size_t rest = len - sizeof b->h, event_bytes = 2 * sizeof(int32_t);
+    if (b->h.nmig > rest / event_bytes)
+        return qv_fail(err, "%s: %u migration events of %zu bytes do not fit in the %zu bytes "
+                       "after the header", file, b->h.nmig, event_bytes, rest);
+    b->events = buf + sizeof b->h;
+    b->state = b->events + (size_t)b->h.nmig * event_bytes;
+    b->state_len = rest - (size_t)b->h.nmig * event_bytes;
+    return 0;
 }
 
 static json_t *totals_json(const fit_totals *t)
@@ -136,15 +149,15 @@ static int check_checkpoint(const char *dir, void *arg)
         return -1;
     json_t *j = json_loads((const char *)text, 0, NULL);
     free(text);
-    int islands = (int)json_integer_value(json_object_get(j, "islands"));
+    json_int_t islands = json_integer_value(json_object_get(j, "islands"));
     json_decref(j);
-    if (islands < 1)
+    if (islands < 1 || islands > INT_MAX)
         return -1;
     unsigned char *blob;
     if (ckpt_read_blob(dir, "best.bin", &blob, &len, &err))
         return -1;
     free(blob);
-    for (int i = 0; i < islands; i++) {
+    for (int i = 0; i < (int)islands; i++) {
         char name[64];
         island_name(name, sizeof name, i);
         if (ckpt_read_blob(dir, name, &blob, &len, &err))
@@ -256,6 +269,57 @@ static void read_totals(json_t *a, fit_totals *t)
         v[i] = json_real_value(json_array_get(a, (size_t)i));
 }
 
+static bool is_totals(json_t *a)
+{
+    if (!json_is_array(a) || json_array_size(a) != FIT_TOTALS_FIELDS)
+        return false;
+    for (size_t i = 0; i < FIT_TOTALS_FIELDS; i++)
+        if (!json_is_real(json_array_get(a, i)) || !isfinite(json_real_value(json_array_get(a, i))))
+            return false;
+    return true;
+}
+
+/* Every field restore_run reads, with its type and range, before any is used. */
+static int check_run_json(json_t *j, const char *dir, qv_err *err)
+{
+    static const char *const ints[] = {"generation", "last_report", "stale_reports",
+                                       "best_generation", NULL};
+    static const char *const reals[] = {"elapsed", "t_setup", "t_migration", "t_validation",
+                                        "last_report_evals", NULL};
+    json_t *islands = json_object_get(j, "islands"), *iv = json_object_get(j, "island_val");
+    json_t *log_bytes = json_object_get(j, "log_bytes");
+    json_int_t n = json_integer_value(islands);
+    json_int_t best = json_integer_value(json_object_get(j, "best_island"));
+    if (!json_is_integer(islands) || n < 1 || n > INT_MAX)
+        return qv_fail(err, "%s/run.json: \"islands\" must be a positive integer", dir);
+    for (const char *const *k = ints; *k; k++) {
+        json_t *v = json_object_get(j, *k);
+        if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > INT_MAX)
+            return qv_fail(err, "%s/run.json: \"%s\" must be an integer in [0, %d]", dir, *k,
+                           INT_MAX);
+    }
+    for (const char *const *k = reals; *k; k++)
+        if (!json_is_number(json_object_get(j, *k)) ||
+            !isfinite(json_number_value(json_object_get(j, *k))))
+            return qv_fail(err, "%s/run.json: \"%s\" must be a finite number", dir, *k);
+    if (!json_is_integer(log_bytes) || json_integer_value(log_bytes) < 0)
+        return qv_fail(err, "%s/run.json: \"log_bytes\" must be a byte count", dir);
+    if (!json_is_integer(json_object_get(j, "best_island")) || best < -1 || best >= n)
+        return qv_fail(err, "%s/run.json: \"best_island\" must be -1 or an island below %lld",
+                       dir, (long long)n);
+    if (!is_totals(json_object_get(j, "best_val")))
+        return qv_fail(err, "%s/run.json: \"best_val\" must be %d finite numbers", dir,
+                       FIT_TOTALS_FIELDS);
+    if (!json_is_array(iv) || json_array_size(iv) != (size_t)n)
+        return qv_fail(err, "%s/run.json: \"island_val\" must hold one entry per island (%lld)",
+                       dir, (long long)n);
+    for (size_t i = 0; i < (size_t)n; i++)
+        if (!is_totals(json_array_get(iv, i)))
+            return qv_fail(err, "%s/run.json: \"island_val\"[%zu] must be %d finite numbers", dir,
+                           i, FIT_TOTALS_FIELDS);
+    return 0;
+}
+
 /* Restores this rank's island from the saved islands mapped onto it. */
 static int restore_island(run_state *s, const char *dir, int saved, qv_err *err)
 {
@@ -273,31 +337,40 @@ static int restore_island(run_state *s, const char *dir, int saved, qv_err *err)
         rc = ckpt_read_blob(dir, name, &bufs[count], &len, err);
         if (rc)
             break;
-        island_header h;
-        memcpy(&h, bufs[count], sizeof h);
+        char file[4096];
+        snprintf(file, sizeof file, "%s/%s", dir, name);
+        island_blob b;
+        rc = island_blob_parse(bufs[count], len, file, &b, err);
+        if (rc == 0 && b.h.island != (uint32_t)i)
+            rc = qv_fail(err, "%s: holds the state of island %u", file, b.h.island);
+        if (rc == 0 && evo_state_check(s->is, b.state, b.state_len, err))
+            rc = qv_wrap(err, "%s", file);
+        if (rc) {
+            free(bufs[count]);
+            break;
+        }
         /* Migration totals: each saved island's counts go to exactly one rank. */
         if (count == 0 || saved > s->nranks) {
             bool duplicate = saved < s->nranks && s->rank >= saved;
-            s->states_sent += duplicate ? 0 : h.states_sent;
-            s->bytes_sent += duplicate ? 0 : h.bytes_sent;
+            s->states_sent += duplicate ? 0 : b.h.states_sent;
+            s->bytes_sent += duplicate ? 0 : b.h.bytes_sent;
         }
-        size_t events = (size_t)h.nmig * 2 * sizeof(int32_t);
-        states[count] = bufs[count] + sizeof h + events;
-        lens[count] = len - sizeof h - events;
+        states[count] = b.state;
+        lens[count] = b.state_len;
         if (count == 0 && saved == s->nranks) {
             /* The same islands: the run continues exactly where it stopped. */
-            s->draws = h.draws;
+            s->draws = b.h.draws;
             if (s->draws) { /* the saved scores are on that draw's batch: draw it again */
                 evo_images_free(&s->batch);
                 evo_images_free(&s->confirm);
                 run_draw_batch(s, s->draws, &s->batch, &s->confirm);
                 evo_set_confirmation(s->is, &s->confirm);
             }
-            s->validated_once = h.validated_once;
-            s->validated_id = h.validated_id;
-            for (uint32_t k = 0; k < h.nmig; k++) {
+            s->validated_once = b.h.validated_once;
+            s->validated_id = b.h.validated_id;
+            for (uint32_t k = 0; k < b.h.nmig; k++) {
                 int32_t ev[2];
-                memcpy(ev, bufs[count] + sizeof h + k * sizeof ev, sizeof ev);
+                memcpy(ev, b.events + k * sizeof ev, sizeof ev);
                 record_migration_event(s, ev[0], ev[1]);
             }
         }
@@ -314,6 +387,8 @@ static int restore_island(run_state *s, const char *dir, int saved, qv_err *err)
 
 static int restore_run(run_state *s, const char *dir, json_t *j, qv_err *err)
 {
+    if (check_run_json(j, dir, err))
+        return -1;
     int saved = (int)json_integer_value(json_object_get(j, "islands"));
     s->generation = (int)json_integer_value(json_object_get(j, "generation"));
     s->t_start = qv_now() - json_real_value(json_object_get(j, "elapsed"));
@@ -339,8 +414,11 @@ static int restore_run(run_state *s, const char *dir, json_t *j, qv_err *err)
         return qv_fail(err, "%s/best.bin: %zu codes, the model has %zu weights", dir, len,
                        quant_size(s->q));
     }
+    int rc = quant_check_codes(s->q, (const int8_t *)best, err);
     memcpy(s->best, best, len);
     free(best);
+    if (rc)
+        return qv_wrap(err, "%s/best.bin", dir);
     if (restore_island(s, dir, saved, err))
         return -1;
     if (saved != s->nranks) {
@@ -380,10 +458,12 @@ int run_resume(run_state *s)
     qv_err local = {{0}};
     int rc;
     char *dir = find_checkpoint(s, &local, &rc);
-    if (island_agree(rc, &local, &s->err) || !dir) {
+    if (island_agree(rc, &local, &s->err)) { /* every rank, whichever one failed */
         free(dir);
-        return s->err.msg[0] && rc ? -1 : 0;
+        return -1;
     }
+    if (!dir)
+        return 0;
     unsigned char *text = NULL;
     size_t len;
     json_t *j = NULL;

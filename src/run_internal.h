@@ -83,6 +83,25 @@ int run_checkpoint(run_state *s);
 /* Collective: resumes from the newest valid checkpoint (or --resume DIR) if there is
  * one; returns 0 (s->resumed tells whether), or -1 with s->err. */
 int run_resume(run_state *s);
+/* An island's checkpoint blob: this header, nmig (sender, accepted) int32 pairs, then
+ * the evolution state (evo_state_write). */
+typedef struct {
+    uint32_t version, island;
+    uint64_t generation;
+    uint32_t draws, validated_once;
+    uint64_t validated_id;
+    uint64_t states_sent, bytes_sent;
+    uint32_t nmig, pad;
+} island_header;
+typedef struct {
+    island_header h;
+    const unsigned char *events, *state; /* point into the blob */
+    size_t state_len;
+} island_blob;
+/* Splits a blob into its parts, checking every length and count against the bytes there
+ * are (CRC or not); `file` names it in messages. */
+int island_blob_parse(const unsigned char *buf, size_t len, const char *file, island_blob *b,
+                      qv_err *err);
 /* Signals seen since the last call (SIGUSR1: checkpoint; SIGTERM, SIGUSR2: checkpoint
  * and stop). The handlers only set these bits. */
 enum { RUN_SIGNAL_CHECKPOINT = 1, RUN_SIGNAL_STOP = 2 };

@@ -161,6 +161,9 @@ void evo_state_write(const evo_island *is, unsigned char *buf);
  * ranks): the best `population` members of their union, best first, with the first
  * state's rate and the summed counters. Returns 0, or -1 if a state does not fit
  * (another model or population). */
+/* Checks one saved state against this island's model before it is used: every length,
+ * at least one member, every code within its weight's range. */
+int evo_state_check(const evo_island *is, const unsigned char *buf, size_t len, qv_err *err);
 int evo_state_read(evo_island *is, const unsigned char *const *bufs, const size_t *lens,
                    int count, qv_err *err);
 

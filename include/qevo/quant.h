@@ -66,6 +66,8 @@ const float *quant_reference(const quant *q); /* float weights, (size) */
 const float *quant_scale_of(const quant *q);  /* scale of each weight, (size) */
 const int8_t *quant_lo_of(const quant *q);    /* smallest code of each weight, (size) */
 const int8_t *quant_hi_of(const quant *q);    /* largest code of each weight, (size) */
+/* Fails naming the first code outside its weight's [lo, hi], for codes read from files. */
+int quant_check_codes(const quant *q, const int8_t *codes, qv_err *err);
 
 /* Nearest rounding: clamp(rint(w / scale), lo, hi), ties to even, float32. */
 int8_t quant_nearest_code(float w, float scale, int lo, int hi);
