@@ -34,8 +34,15 @@ MPITESTS := $(MPITEST_SRC:tests/mpi/%.c=$(BUILD)/mpitests/%)
 BENCH_SRC := $(wildcard bench/*.c)
 BENCHES  := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 LIB      := $(BUILD)/libqevo.a
+# Fault injectors for the tests (LD_PRELOAD shims), built without MPI or sanitizers.
+FAULT_SRC := $(wildcard tests/faults/*.c)
+FAULTS   := $(FAULT_SRC:tests/faults/%.c=$(BUILD)/faults/%.so)
 
-all: $(BINS) $(TESTS) $(MPITESTS) $(BENCHES)
+all: $(BINS) $(TESTS) $(MPITESTS) $(BENCHES) $(FAULTS)
+
+$(BUILD)/faults/%.so: tests/faults/%.c
+	@mkdir -p $(dir $@)
+	cc -std=c11 $(WARN) -O2 -fPIC -shared $< -o $@ -ldl
 
 $(BUILD)/obj/%.o: src/%.c
 	@mkdir -p $(dir $@)

@@ -177,6 +177,13 @@ static char **list_checkpoints(const char *root, int *count)
     return names;
 }
 
+void ckpt_abandon(const char *root, uint64_t gen)
+{
+    char *staging = ckpt_staging_dir(root, gen);
+    remove_dir(staging);
+    free(staging);
+}
+
 int ckpt_commit(const char *root, uint64_t gen, int keep, qv_err *err)
 {
     char *staging = ckpt_staging_dir(root, gen), *final = ckpt_final_dir(root, gen);

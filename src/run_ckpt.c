@@ -101,40 +101,52 @@ static char *run_json(const run_state *s)
     return text;
 }
 
+/* Rank 0's part, once every island's blob is in the staging folder. */
+static int finish_checkpoint(run_state *s, const char *root, const char *dir, qv_err *err)
+{
+    char *text = run_json(s);
+    int rc = ckpt_write_blob(dir, "run.json", text, strlen(text), err);
+    free(text);
+    if (rc == 0)
+        rc = ckpt_write_blob(dir, "best.bin", s->best, quant_size(s->q), err);
+    if (rc == 0)
+        rc = ckpt_commit(root, (uint64_t)s->generation, s->cfg.checkpoint.keep, err);
+    return rc;
+}
+
+/* Collective. A checkpoint that fails on any rank fails on all, and rank 0 removes its
+ * staging folder. */
 int run_checkpoint(run_state *s)
 {
     double t0 = qv_now();
     char *root = root_of(s);
     qv_err local = {{0}};
     int rc = s->rank == 0 ? ckpt_begin(root, (uint64_t)s->generation, &local) : 0;
-    if (island_agree(rc, &local, &s->err)) {
-        free(root);
-        return -1;
+    char *dir = ckpt_staging_dir(root, (uint64_t)s->generation);
+    rc = island_agree(rc, &local, &s->err);
+    if (rc == 0) {
+        char name[64];
+        size_t len;
+        unsigned char *payload = island_payload(s, &len);
+        island_name(name, sizeof name, s->rank);
+        rc = ckpt_write_blob(dir, name, payload, len, &local);
+        free(payload);
+        rc = island_agree(rc, &local, &s->err);
     }
-    char *dir = ckpt_staging_dir(root, (uint64_t)s->generation), name[64];
-    size_t len;
-    unsigned char *payload = island_payload(s, &len);
-    island_name(name, sizeof name, s->rank);
-    rc = ckpt_write_blob(dir, name, payload, len, &local);
-    free(payload);
-    if (island_agree(rc, &local, &s->err) == 0 && s->rank == 0) {
-        char *text = run_json(s);
-        rc = ckpt_write_blob(dir, "run.json", text, strlen(text), &local);
-        free(text);
-        if (rc == 0)
-            rc = ckpt_write_blob(dir, "best.bin", s->best, quant_size(s->q), &local);
-        if (rc == 0)
-            rc = ckpt_commit(root, (uint64_t)s->generation, s->cfg.checkpoint.keep, &local);
-        if (rc == 0)
-            printf("checkpoint: generation %d (%.1f s)\n", s->generation, qv_now() - t0);
+    if (rc == 0) {
+        rc = s->rank == 0 ? finish_checkpoint(s, root, dir, &local) : 0;
+        rc = island_agree(rc, &local, &s->err);
+    }
+    if (rc == 0 && s->rank == 0) {
+        printf("checkpoint: generation %d (%.1f s)\n", s->generation, qv_now() - t0);
         fflush(stdout);
-    } else if (s->err.msg[0]) {
-        rc = -1;
     }
+    if (rc && s->rank == 0)
+        ckpt_abandon(root, (uint64_t)s->generation);
     free(dir);
     free(root);
     s->last_checkpoint_time = qv_now();
-    return island_agree(rc, &local, &s->err);
+    return rc;
 }
 
 /* ---- Finding and verifying ---- */

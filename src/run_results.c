@@ -169,10 +169,21 @@ static json_t *reconstruction_json(const run_state *s)
                      s->t_recon, "layers", layers);
 }
 
+/* result.json first: it is small, so a disk that fills up while the larger files are
+ * written still leaves the run's scores. */
 static int write_outputs(run_state *s, json_t *result, qv_err *err)
 {
     const char *dir = s->cfg.output.dir;
     char path[4096], desc[4096];
+    snprintf(path, sizeof path, "%s/result.json", dir);
+    char *text = json_dumps(result, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(10));
+    size_t len = strlen(text);
+    text = qv_realloc(text, len + 2);
+    text[len] = '\n';
+    int rc = qv_write_file_atomic(path, text, len + 1, err);
+    free(text);
+    if (rc)
+        return -1;
     snprintf(path, sizeof path, "%s/best.safetensors", dir);
     snprintf(desc, sizeof desc, "qevo-island: %s, %d-bit %s, chosen on validation (island %d, "
              "generation %d)", s->cfg.model, s->cfg.quantizer.bits,
@@ -182,14 +193,7 @@ static int write_outputs(run_state *s, json_t *result, qv_err *err)
         return -1;
     if (net_get_task(s->nt) == NET_RECONSTRUCT && write_reconstructions(s, err))
         return -1;
-    snprintf(path, sizeof path, "%s/result.json", dir);
-    char *text = json_dumps(result, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(10));
-    size_t len = strlen(text);
-    text = qv_realloc(text, len + 2);
-    text[len] = '\n';
-    int rc = qv_write_file_atomic(path, text, len + 1, err);
-    free(text);
-    return rc;
+    return 0;
 }
 
 int run_results(run_state *s)

@@ -23,6 +23,9 @@ int ckpt_write_blob(const char *dir, const char *name, const void *data, size_t 
 /* Reads and verifies DIR/name; *data is malloc'd (with a terminating 0 byte). */
 int ckpt_read_blob(const char *dir, const char *name, unsigned char **data, size_t *len,
                    qv_err *err);
+/* Removes the staging directory of a checkpoint that could not be completed (a full
+ * disk, say), so that nothing half-written stays behind. */
+void ckpt_abandon(const char *root, uint64_t gen);
 /* Renames the staging directory of gen into place and deletes all but the newest
  * `keep` checkpoints. */
 int ckpt_commit(const char *root, uint64_t gen, int keep, qv_err *err);
