@@ -259,25 +259,27 @@ static int idx_read_header(gzFile f, const char *path, int want_ndim, const char
         return -1;
     h->ndim = want_ndim;
     h->header_bytes = 4 + 4 * (size_t)want_ndim;
-    uint64_t count = 1;
     for (int i = 0; i < want_ndim; i++) {
-        uint32_t d = be32(raw + 4 * i);
-        if (d == 0)
+        h->dims[i] = be32(raw + 4 * i);
+        if (h->dims[i] == 0)
             return qv_fail(err, "%s: IDX dimension %d is 0; expected %s", path, i, what);
-        if (d > INT_MAX || count * d > DATA_MAX_BYTES)
-            return qv_fail(err,
-                           "%s: IDX header declares an absurd size (dimension %d is %u); "
-                           "qevo reads at most 2^31 values",
-                           path, i, d);
-        count *= d;
-        h->dims[i] = d;
     }
-    h->count = (size_t)count;
     if (want_ndim == 3)
         snprintf(h->shape, sizeof h->shape, "%ux%ux%u images", h->dims[0], h->dims[1],
                  h->dims[2]);
     else
         snprintf(h->shape, sizeof h->shape, "%u labels", h->dims[0]);
+    /* The product is checked factor by factor so that it cannot wrap. */
+    uint64_t count = 1;
+    for (int i = 0; i < want_ndim; i++) {
+        if (h->dims[i] > INT_MAX || count > DATA_MAX_BYTES / h->dims[i])
+            return qv_fail(err,
+                           "%s: IDX header declares %s, more than the 2^31 values qevo "
+                           "reads",
+                           path, h->shape);
+        count *= h->dims[i];
+    }
+    h->count = (size_t)count;
     return 0;
 }
 

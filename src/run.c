@@ -156,6 +156,9 @@ static int check_sizes(run_state *s, qv_err *err)
         return qv_fail(err, "data.fitness_size (%d) + data.validation_size (%d) exceed the %d "
                        "images of %s", c->data.fitness_size, c->data.validation_size,
                        s->train->n, c->data.train);
+    if (c->data.test_size > s->test->n)
+        return qv_fail(err, "data.test_size: %d is more than the %d images of %s (0 = all of "
+                       "them)", c->data.test_size, s->test->n, c->data.test);
     if (c->data.fitness_size < s->nranks)
         return qv_fail(err, "data.fitness_size: %d images cannot give each of %d islands a "
                        "shard", c->data.fitness_size, s->nranks);
@@ -209,8 +212,7 @@ static void make_splits(run_state *s)
     data_shard_range(c->data.validation_size, s->rank, s->nranks, &first, &count);
     s->val_idx = s->perm + c->data.fitness_size + first;
     s->val_count = count;
-    int test_n = c->data.test_size && c->data.test_size < s->test->n ? c->data.test_size
-                                                                       : s->test->n;
+    int test_n = c->data.test_size ? c->data.test_size : s->test->n;
     data_shard_range(test_n, s->rank, s->nranks, &first, &count);
     s->test_idx = qv_malloc(sizeof(int) * (size_t)(count ? count : 1));
     for (int i = 0; i < count; i++)

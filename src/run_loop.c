@@ -126,7 +126,7 @@ static void print_header(run_state *s)
            s->nranks, s->nranks > 1 ? "s" : "", config_topology_name(c->islands.topology),
            config_fit_name(c->fitness.kind), c->data.fitness_size / s->nranks,
            s->batch.count, c->data.validation_size,
-           c->data.test_size && c->data.test_size < s->test->n ? c->data.test_size : s->test->n);
+           c->data.test_size ? c->data.test_size : s->test->n);
     printf("  population %d + %d offspring, rate %g, step %s; cache %d parents x %.0f MiB\n",
            c->evolution.population, c->evolution.offspring, c->evolution.rate,
            c->evolution.step == STEP_FLIP ? "flip" : c->evolution.step == STEP_PM1 ? "pm1"

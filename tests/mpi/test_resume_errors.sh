@@ -78,6 +78,8 @@ expect_failure start "start: " --set output.dir="$tmp/out-start" \
     --set start=/nonexistent/codes.safetensors
 expect_failure config "evolution.population" --set output.dir="$tmp/out-config" \
     --set evolution.population=0
+expect_failure test_size "data.test_size: 20000 is more than the 10000 images of" \
+    --set output.dir="$tmp/out-test-size" --set data.test_size=20000
 : >"$tmp/a-file"
 expect_failure output "output.dir: " --set output.dir="$tmp/a-file/out"
 

@@ -329,11 +329,16 @@ static void test_idx_hostile(void)
 
     const uint32_t huge[3] = {65536, 65536, 65536};
     write_idx(img, 8, 3, huge, zeros, 64); /* must fail before allocating 2^48 bytes */
-    expect_fail(img, img, "absurd");
+    expect_fail(img, img, "declares 65536x65536x65536 images, more than the 2^31 values");
 
     const uint32_t max[3] = {0xFFFFFFFFu, 1, 1};
     write_idx(img, 8, 3, max, zeros, 64);
-    expect_fail(img, img, "absurd");
+    expect_fail(img, img, "declares 4294967295x1x1 images, more than the 2^31 values");
+
+    /* The message names the whole shape, not the dimension where the product overflowed. */
+    const uint32_t many[3] = {2147483647u, 28, 28};
+    write_idx(img, 8, 3, many, zeros, 64);
+    expect_fail(img, img, "declares 2147483647x28x28 images, more than the 2^31 values");
 
     const uint32_t zero_dim[3] = {3, 0, 4};
     write_idx(img, 8, 3, zero_dim, zeros, 0);
