@@ -223,11 +223,18 @@ static void test_known_values(void)
     CHECK(memcmp(ty, texpect, sizeof texpect) == 0);
 }
 
-int main(void)
+/* `test_ops [TRIALS]`: 60 random trials by default; fewer under valgrind, where each one
+ * costs a hundred times more. */
+int main(int argc, char **argv)
 {
+    int trials = argc > 1 ? atoi(argv[1]) : 60;
+    if (trials < 1) {
+        fprintf(stderr, "usage: test_ops [TRIALS >= 1]\n");
+        return 2;
+    }
     r = rng_stream(12345, 0, 0, RNG_TEST);
     test_known_values();
-    for (int t = 0; t < 60; t++) {
+    for (int t = 0; t < trials; t++) {
         test_conv2d(t);
         test_convt2d(t);
         test_linear(t);
