@@ -102,3 +102,4 @@ clean:
 .SECONDARY:
 
 -include $(wildcard $(BUILD)/obj/*.d $(BUILD)/obj/*/*.d)
+include fuzz/fuzz.mk

@@ -5,7 +5,7 @@ set -eu
 
 PACKAGES="build-essential pkg-config openmpi-bin libopenmpi-dev libopenblas-dev
 libjansson-dev libpng-dev zlib1g-dev python3 python3-torch python3-numpy
-python3-matplotlib dataset-fashion-mnist slurm-wlm munge"
+python3-matplotlib dataset-fashion-mnist slurm-wlm munge clang libclang-rt-14-dev valgrind"
 
 missing=""
 for p in $PACKAGES; do

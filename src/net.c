@@ -489,6 +489,39 @@ static bool fuse_add(loader *L, net *nt, int count, int i, int output)
     return false;
 }
 
+/* Quantization computes (max - min) / levels and code * scale in float32 (docs/FORMAT.md):
+ * weights of at most 2^126 in magnitude keep both finite. The file's tensors were checked
+ * to be finite as they were read; batch-norm folding multiplies them, so this runs on the
+ * folded weights and biases. */
+#define MAX_WEIGHT 0x1p126f
+
+static int check_weights(loader *L, const net *nt)
+{
+    for (int i = 0; i < nt->count; i++) {
+        const net_node *nd = &nt->nodes[i];
+        if (!has_weights(nd->op))
+            continue;
+        const float *w = nt->weights + nd->woff, *b = nt->biases + nd->boff;
+        for (size_t k = 0; k < nd->wcount; k++) {
+            if (nd->bn_name && !isfinite(w[k]))
+                return qv_fail(L->err, "%s: qevo.graph: layer '%s': folding batchnorm '%s' "
+                               "into it makes weight %zu not finite (gamma / sqrt(var + eps) "
+                               "is too large)", L->path, nd->name, nd->bn_name, k);
+            if (!(fabsf(w[k]) <= MAX_WEIGHT))
+                return qv_fail(L->err, "%s: qevo.graph: layer '%s': weight %zu is %g%s%s%s; "
+                               "weights must be at most 2^126 in magnitude", L->path, nd->name,
+                               k, (double)w[k], nd->bn_name ? " after folding batchnorm '" : "",
+                               nd->bn_name ? nd->bn_name : "", nd->bn_name ? "'" : "");
+        }
+        for (int c = 0; nd->bn_name && c < nd->out.c; c++)
+            if (!isfinite(b[c]))
+                return qv_fail(L->err, "%s: qevo.graph: layer '%s': folding batchnorm '%s' "
+                               "into it makes bias %d not finite", L->path, nd->name,
+                               nd->bn_name, c);
+    }
+    return 0;
+}
+
 /* Turns the parsed layers into executed nodes: batchnorm folded into the conv before
  * it, an add into the conv2d just before it (fuse_add), relu/sigmoid fused into a
  * conv/linear/add before it that nobody else reads. */
@@ -724,6 +757,8 @@ static int load_graph(loader *L, net *nt)
                             "unused: it is the model's output)");
     if (rc == 0)
         rc = build_nodes(L, nt, params, output);
+    if (rc == 0)
+        rc = check_weights(L, nt);
     if (rc == 0)
         rc = check_task_shape(L, nt);
     if (rc == 0) {

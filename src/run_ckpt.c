@@ -292,7 +292,7 @@ static bool is_totals(json_t *a)
 }
 
 /* Every field restore_run reads, with its type and range, before any is used. */
-static int check_run_json(json_t *j, const char *dir, qv_err *err)
+int check_run_json(json_t *j, const char *dir, qv_err *err)
 {
     static const char *const ints[] = {"generation", "last_report", "stale_reports",
                                        "best_generation", NULL};

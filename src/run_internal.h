@@ -102,6 +102,10 @@ typedef struct {
  * are (CRC or not); `file` names it in messages. */
 int island_blob_parse(const unsigned char *buf, size_t len, const char *file, island_blob *b,
                       qv_err *err);
+/* Checks every field of a checkpoint's run.json that resuming reads, with its type and
+ * range, before any is used; `dir` names the checkpoint in messages. Returns 0 or -1. */
+struct json_t;
+int check_run_json(struct json_t *j, const char *dir, qv_err *err);
 /* Signals seen since the last call (SIGUSR1: checkpoint; SIGTERM, SIGUSR2: checkpoint
  * and stop). The handlers only set these bits. */
 enum { RUN_SIGNAL_CHECKPOINT = 1, RUN_SIGNAL_STOP = 2 };

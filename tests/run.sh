@@ -4,6 +4,8 @@
 #   command line    tests/cli/*.sh          (the qevo tools, bad input, exit codes)
 #   MPI             tests/mpi/*.sh          (qevo-island under mpirun)
 #   SLURM           tests/slurm/test_*.sh   (a single-node SLURM brought up for the test)
+#   memcheck        tests/valgrind/*.sh     (the unit tests under valgrind)
+#   fuzz            tests/fuzz/*.sh         (make fuzz-smoke: every libFuzzer target)
 #   PyTorch         tests/python/*.py       (exporter, parity with PyTorch)
 # Each suite prints "<name>: N passed, N failed" as its last line.
 set -u
@@ -60,7 +62,7 @@ run_suite() {
 for t in "$BUILD"/tests/*; do
     [ -x "$t" ] && run_suite "$(basename "$t")" env ASAN_OPTIONS="$unit_asan" "$t"
 done
-for t in tests/cli/*.sh tests/mpi/*.sh tests/slurm/test_*.sh; do
+for t in tests/cli/*.sh tests/mpi/*.sh tests/slurm/test_*.sh tests/valgrind/*.sh tests/fuzz/*.sh; do
     [ -f "$t" ] && run_suite "$(basename "$t" .sh)" bash "$t"
 done
 for t in tests/python/*.py; do

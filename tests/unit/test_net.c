@@ -10,6 +10,7 @@
 
 #include "model_builder.h"
 #include "qevo/ops.h"
+#include "qevo/quant.h"
 #include "test.h"
 
 static char dir[64], path[128];
@@ -550,6 +551,89 @@ static void test_bad_graphs(void)
     expect_bad("[]", "classify", "non-empty list", "no layers");
 }
 
+/* conv (weights uniform in [w_lo, w_hi]) [+ batchnorm of constant gamma and var, eps]
+ * + global pool + linear. Returns net_load's status; *out gets the net if it loads (and
+ * out is not NULL). */
+static int load_extreme(float w_lo, float w_hi, int bn, float gamma, float var, const char *eps,
+                        net **out, qv_err *err)
+{
+    model_builder mb;
+    mb_init(&mb, 2);
+    mb_tensor(&mb, "c.w", w_lo, w_hi, 4, 4, 1, 3, 3);
+    mb_tensor(&mb, "bn.g", gamma, gamma, 1, 4);
+    mb_tensor(&mb, "bn.b", 0, 0, 1, 4);
+    mb_tensor(&mb, "bn.m", 0, 0, 1, 4);
+    mb_tensor(&mb, "bn.v", var, var, 1, 4);
+    mb_tensor(&mb, "fc.w", -1, 1, 2, 10, 4);
+    mb_layer(&mb, CONV);
+    if (bn) {
+        char layer[256];
+        snprintf(layer, sizeof layer, "{\"name\":\"bn\",\"op\":\"batchnorm\",\"weight\":\"bn.g\","
+                 "\"bias\":\"bn.b\",\"mean\":\"bn.m\",\"var\":\"bn.v\",\"eps\":%s}", eps);
+        mb_layer(&mb, layer);
+    }
+    mb_layer(&mb, "{\"name\":\"g\",\"op\":\"global_avgpool\"}");
+    mb_layer(&mb, "{\"name\":\"fc\",\"op\":\"linear\",\"weight\":\"fc.w\"}");
+    QV_ASSERT(mb_save(&mb, path, "classify", 1, 6, 6) == 0);
+    net *nt = NULL;
+    int rc = net_load(path, &nt, err);
+    if (out)
+        *out = nt;
+    else
+        net_free(nt);
+    return rc;
+}
+
+/* Weights that are finite in the file but not once batch-norm is folded in (found by the
+ * graph fuzzer: quantizing them converted NaN to int8), and weights too large to
+ * quantize in float32 ((max - min) / levels overflowed to inf, so qevo wrote quantized
+ * files it refused to read): net_load refuses both, naming the layer. Weights up to
+ * 2^126 load, and every quantizer keeps their scales and codes * scales finite. */
+static void test_extreme_weights(void)
+{
+    qv_err err = {{0}};
+    /* gamma / sqrt(var + eps) = 1e30 / 1e-15 overflows float32: folded weights are inf. */
+    int rc = load_extreme(0.5f, 0.5f, 1, 1e30f, 0.0f, "1e-30", NULL, &err);
+    CHECKF(rc != 0 && strstr(err.msg, path) && strstr(err.msg, "'bn'") &&
+               strstr(err.msg, "not finite"),
+           "batchnorm folding to inf: rc %d, '%s'", rc, rc ? err.msg : "");
+    /* Zero weights times an infinite factor: NaN. */
+    rc = load_extreme(0.0f, 0.0f, 1, 1e30f, 0.0f, "1e-30", NULL, &err);
+    CHECKF(rc != 0 && strstr(err.msg, "'bn'") && strstr(err.msg, "not finite"),
+           "batchnorm folding to NaN: rc %d, '%s'", rc, rc ? err.msg : "");
+    /* Finite in the file, beyond 2^126. */
+    rc = load_extreme(-1.5e38f, 1.5e38f, 0, 1, 1, "0", NULL, &err);
+    CHECKF(rc != 0 && strstr(err.msg, path) && strstr(err.msg, "layer 'c'") &&
+               strstr(err.msg, "2^126"),
+           "weights of 1.5e38: rc %d, '%s'", rc, rc ? err.msg : "");
+    net *nt = NULL;
+    rc = load_extreme(-0x1p126f, 0x1p126f, 0, 1, 1, "0", &nt, &err);
+    CHECKF(rc == 0, "weights up to 2^126 must load: %s", err.msg);
+    if (rc != 0)
+        return;
+    int bad = 0;
+    for (int bits = 2; bits <= 8; bits++)
+        for (int k = 0; k < 8; k++) {
+            quant_settings qs = {.bits = bits,
+                                 .granularity = k & 1 ? QUANT_PER_CHANNEL : QUANT_PER_TENSOR,
+                                 .grid = k & 2 ? QUANT_ASYMMETRIC : QUANT_SYMMETRIC,
+                                 .scales = k & 4 ? QUANT_SCALE_MSE : QUANT_SCALE_MAX};
+            quant *q = quant_create(nt, &qs);
+            size_t n = quant_size(q);
+            int8_t *codes = qv_malloc(n);
+            quant_nearest(q, codes);
+            const int8_t *lo = quant_lo_of(q), *hi = quant_hi_of(q);
+            for (size_t i = 0; i < n; i++)
+                for (int c = lo[i]; c <= hi[i]; c++)
+                    bad += !isfinite(quant_scale_of(q)[i]) ||
+                           !isfinite((float)c * quant_scale_of(q)[i]);
+            free(codes);
+            quant_free(q);
+        }
+    CHECKF(bad == 0, "%d non-finite scales or dequantized weights at 2^126", bad);
+    net_free(nt);
+}
+
 static void write_with_graph(const char *graph)
 {
     st_writer *w = st_writer_create();
@@ -598,6 +682,7 @@ int main(void)
     test_fused_add();
     test_bad_graphs();
     test_bad_headers();
+    test_extreme_weights();
     unlink(path);
     rmdir(dir);
     TEST_END("test_net");
