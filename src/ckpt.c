@@ -173,7 +173,8 @@ static char **list_checkpoints(const char *root, int *count)
         names[(*count)++] = qv_strdup(e->d_name);
     }
     closedir(d);
-    qsort(names, (size_t)*count, sizeof(char *), cmp_names_desc);
+    if (*count > 1) /* qsort of NULL, 0 is undefined */
+        qsort(names, (size_t)*count, sizeof(char *), cmp_names_desc);
     return names;
 }
 
